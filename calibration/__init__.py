@@ -1,0 +1,1 @@
+"""stethoedge.calibration: representative and held-out window sets for quantisation and verification."""

@@ -1,0 +1,1 @@
+"""stethoedge.export: PyTorch checkpoint to verified ONNX (and later TFLite/TensorRT) bundle."""

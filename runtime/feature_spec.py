@@ -1,0 +1,109 @@
+"""The feature spec: one frozen description of the log-mel front end, stored in every bundle.
+
+Numerics follow Kaldi's ``compute-fbank`` as the Audio Spectrogram Transformer uses it
+(``torchaudio.compliance.kaldi.fbank(htk_compat=True, window_type='hanning', dither=0,
+use_energy=False, num_mel_bins=128, frame_shift=10)``), followed by AST's normalisation
+``(fbank - mean) / (2 * std)``. The numpy implementation (runtime/features.py) and the torch
+implementation (train/features_torch.py) both read this spec and are parity-tested.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from stethoedge.runtime.errors import BundleError
+
+#: Kaldi/torchaudio log floor: float32 machine epsilon.
+FLOAT32_EPS = 1.1920928955078125e-07
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Every number that defines the model input. Units are in the field names."""
+
+    sample_rate: int = 16000
+    window_seconds: float = 8.0
+    n_mels: int = 128
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    window_type: str = "hanning"  # "hanning" (AST) or "povey" (Kaldi default: hann ** 0.85)
+    preemphasis: float = 0.97
+    remove_dc_offset: bool = True  # per frame, as Kaldi; makes a waveform DC offset irrelevant
+    dither: float = 0.0  # never dither at inference; kept so the spec states it
+    low_freq_hz: float = 20.0
+    high_freq_hz: float = 0.0  # <= 0 means Nyquist + high_freq_hz, as in Kaldi
+    log_floor: float = FLOAT32_EPS
+    # AST normalisation: (fbank - norm_mean) / (2 * norm_std). AudioSet values by default;
+    # training replaces them with the training set's statistics.
+    norm_mean: float = -4.2677393
+    norm_std: float = 4.5689974
+
+    @property
+    def frame_length(self) -> int:
+        """Samples per analysis frame (400 at 16 kHz)."""
+        return int(self.sample_rate * self.frame_length_ms / 1000.0)
+
+    @property
+    def frame_shift(self) -> int:
+        """Samples between frame starts (160 at 16 kHz)."""
+        return int(self.sample_rate * self.frame_shift_ms / 1000.0)
+
+    @property
+    def fft_size(self) -> int:
+        """FFT length: the frame length rounded up to a power of two (512)."""
+        return 1 << math.ceil(math.log2(self.frame_length))
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in one model window (128000 for 8 s at 16 kHz)."""
+        return int(round(self.window_seconds * self.sample_rate))
+
+    @property
+    def num_frames(self) -> int:
+        """Frames in one model window (Kaldi snip_edges: 1 + (N - frame_length) // shift = 798)."""
+        return frames_for_samples(self.window_samples, self)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """Model input shape for one window: (frames, mels)."""
+        return (self.num_frames, self.n_mels)
+
+    def with_normalization(self, mean: float, std: float) -> FeatureSpec:
+        """Return a copy with dataset normalisation statistics."""
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError(f"normalisation needs a finite mean and a positive std, got {mean}, {std}")
+        return replace(self, norm_mean=float(mean), norm_std=float(std))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, as stored in manifest.json and checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        """Build from the JSON form; unknown or badly typed keys are a BundleError."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise BundleError(f"feature spec has unknown keys {unknown}; written by a newer stethoedge?")
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            expected = type(getattr(cls(), name))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise BundleError(f"feature spec field {name!r} should be {expected.__name__}, got {value!r}")
+            kwargs[name] = value
+        spec = cls(**kwargs)
+        if spec.window_type not in ("hanning", "povey"):
+            raise BundleError(f"feature spec window_type {spec.window_type!r} is not 'hanning' or 'povey'")
+        if spec.norm_std <= 0 or spec.sample_rate <= 0 or spec.n_mels <= 0:
+            raise BundleError("feature spec has a non-positive sample_rate, n_mels or norm_std")
+        return spec
+
+
+def frames_for_samples(n_samples: int, spec: FeatureSpec) -> int:
+    """Number of Kaldi frames (snip_edges=True) in ``n_samples`` samples; 0 if shorter than a frame."""
+    if n_samples < spec.frame_length:
+        return 0
+    return 1 + (n_samples - spec.frame_length) // spec.frame_shift

@@ -1,0 +1,72 @@
+"""stethoedge: respiratory-sound classification for digital stethoscopes and edge boards.
+
+The repository keeps one folder per stage (runtime/, train/, export/, calibration/,
+firmware_bridge/); installed, each stage is a subpackage of the single ``stethoedge``
+namespace, so nothing lands in site-packages as a bare ``runtime`` or ``export``.
+"""
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+STAGES = ("runtime", "train", "export", "calibration", "firmware_bridge")
+
+
+def _stage_packages() -> dict[str, str]:
+    """Map ``stethoedge.<stage>[.<sub>]`` to its folder for every package folder of a stage."""
+    mapping = {"stethoedge": "stethoedge"}
+    for stage in STAGES:
+        for init in sorted((HERE / stage).rglob("__init__.py")):
+            folder = init.parent.relative_to(HERE)
+            if any(part.startswith((".", "_")) or part == "tests" for part in folder.parts[1:]):
+                continue
+            dotted = ".".join(("stethoedge",) + folder.parts)
+            mapping[dotted] = folder.as_posix()
+    return mapping
+
+
+PACKAGE_DIR = _stage_packages()
+
+RUNTIME = [
+    "numpy>=1.24",
+    "scipy>=1.10",
+    "soundfile>=0.12",
+    "onnxruntime>=1.17",
+    "sounddevice>=0.4.6",
+    "pyserial>=3.5",
+]
+TRAIN = [
+    # torch: any 2.x from 2.3 on; the CPU build 2.13.0 satisfies it (pin torch==2.13.0 first on CPU
+    # machines, or an unpinned install pulls the CUDA wheels).
+    "torch>=2.3,<3",
+    "tqdm>=4.60",
+    "matplotlib>=3.7",
+]
+EXPORT = ["onnx>=1.16", "onnxruntime>=1.17", "onnxscript>=0.1"]
+TFLITE = ["ai-edge-litert>=1.0"]
+DEV = ["pytest>=8", "hypothesis>=6.100", "kaldi-native-fbank>=1.20"]
+
+setup(
+    name="stethoedge",
+    version="0.1.0",
+    description="Edge-deployable respiratory-sound classifier for digital stethoscopes",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=sorted(PACKAGE_DIR),
+    package_dir=PACKAGE_DIR,
+    package_data={
+        "stethoedge.train": ["recipes/*.toml"],
+        "stethoedge.firmware_bridge": ["PROTOCOL.md", "c/*.c", "c/*.h", "c/Makefile"],
+    },
+    install_requires=["numpy>=1.24"],
+    extras_require={
+        "runtime": RUNTIME,
+        "tflite": TFLITE,
+        "train": TRAIN + RUNTIME,
+        "export": EXPORT + TRAIN + RUNTIME,
+        "dev": DEV,
+        "all": sorted(set(RUNTIME + TRAIN + EXPORT + DEV)),
+    },
+    entry_points={"console_scripts": ["stethoedge=stethoedge.cli:main"]},
+)

@@ -1,0 +1,4 @@
+"""Allow ``python -m stethoedge``."""
+from stethoedge.cli import main
+
+raise SystemExit(main())
