@@ -59,14 +59,14 @@ def analysis_window(spec: FeatureSpec) -> np.ndarray:
 
 
 def frame_signal(audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Split audio into Kaldi frames (snip_edges=True): a (frames, frame_length) float32 copy."""
+    """Split audio into Kaldi frames (snip_edges=True): a (frames, frame_length) float64 copy."""
     n_frames = frames_for_samples(audio.shape[0], spec)
     if n_frames == 0:
         raise AudioError(
             f"audio of {audio.shape[0]} samples is shorter than one {spec.frame_length_ms:g} ms frame"
         )
     view = np.lib.stride_tricks.sliding_window_view(audio, spec.frame_length)[:: spec.frame_shift]
-    return np.array(view[:n_frames], dtype=np.float32)
+    return np.array(view[:n_frames], dtype=np.float64)
 
 
 def log_mel_fbank(audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
@@ -80,10 +80,13 @@ def log_mel_fbank(audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     if spec.preemphasis:
         frames[:, 1:] -= spec.preemphasis * frames[:, :-1].copy()
         frames[:, 0] *= 1.0 - spec.preemphasis
+    # Float64 up to the power spectrum: quiet bands (a 4 kHz stethoscope resampled to 16 kHz has
+    # almost nothing above 2 kHz) are float32 rounding noise otherwise, and two float32 FFTs
+    # (numpy here, torch in training) would disagree there by far more than 1e-4.
     frames *= analysis_window(spec)
     spectrum = scipy.fft.rfft(frames, n=spec.fft_size, axis=1)
     power = spectrum.real**2 + spectrum.imag**2
-    mel = power.astype(np.float32, copy=False) @ mel_filterbank(spec).T
+    mel = power.astype(np.float32) @ mel_filterbank(spec).T
     return np.log(np.maximum(mel, np.float32(spec.log_floor)))
 
 

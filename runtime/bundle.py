@@ -1,0 +1,246 @@
+"""The model bundle: a directory with model files, manifest.json and a self-test vector.
+
+The runtime owns this format (export/ writes it through these helpers). Loading verifies the
+schema, every file's sha256 and the self-test arrays' shapes, so a tampered, truncated or
+foreign bundle is refused with one clear message before any model runs.
+
+Layout::
+
+    BUNDLE/manifest.json    schema, feature spec, labels, input/output, artifacts (+ sha256), versions
+    BUNDLE/selftest.npz     audio (k, window_samples), features (k, frames, mels), logits (k, classes)
+    BUNDLE/<artifact files> model.onnx, model.int8.onnx, ...
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stethoedge.runtime.errors import BundleError
+from stethoedge.runtime.feature_spec import FeatureSpec
+
+SCHEMA = "stethoedge.bundle"
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SELFTEST_NAME = "selftest.npz"
+#: Maximum abs difference between numpy features and the training (torch) features of the
+#: self-test audio; the parity contract of the feature spec.
+FEATURE_TOLERANCE = 1e-4
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "schema": str,
+    "schema_version": int,
+    "labels": list,
+    "feature_spec": dict,
+    "input": dict,
+    "output": dict,
+    "artifacts": list,
+    "default_artifact": str,
+    "selftest": dict,
+}
+_ARTIFACT_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "file": str,
+    "format": str,
+    "precision": str,
+    "sha256": str,
+    "size_bytes": int,
+    "tolerance": (int, float),
+    "status": str,
+}
+ARTIFACT_STATUSES = ("passed", "failed-verification")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One model file of a bundle."""
+
+    name: str
+    file: str
+    format: str
+    precision: str
+    sha256: str
+    size_bytes: int
+    tolerance: float  # max abs logit difference to the self-test's expected logits
+    status: str
+    verification: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    """Reference windows with the training-side features and PyTorch logits."""
+
+    audio: np.ndarray  # (k, window_samples) float32
+    features: np.ndarray  # (k, frames, mels) float32, from the torch implementation
+    logits: np.ndarray  # (k, classes) float32, PyTorch
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle."""
+
+    root: Path
+    manifest: dict[str, Any]
+    spec: FeatureSpec
+    labels: tuple[str, ...]
+    artifacts: dict[str, Artifact]
+    selftest: SelfTest
+
+    def artifact(self, name: str | None = None, allow_failed: bool = False) -> Artifact:
+        """The named artifact (default: the manifest's default); refuses failed ones unless allowed."""
+        name = name or self.manifest["default_artifact"]
+        if name not in self.artifacts:
+            raise BundleError(f"{self.root}: no artifact {name!r}; it has {', '.join(self.artifacts)}")
+        art = self.artifacts[name]
+        if art.status != "passed" and not allow_failed:
+            raise BundleError(
+                f"{self.root}: artifact {name!r} failed verification at export ({art.status}); "
+                "pick another with --artifact or pass --allow-degraded"
+            )
+        return art
+
+    def path_of(self, artifact: Artifact) -> Path:
+        """Absolute path of an artifact's file."""
+        return self.root / artifact.file
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_types(obj: dict[str, Any], required: dict[str, Any], where: str) -> None:
+    for key, typ in required.items():
+        if key not in obj:
+            raise BundleError(f"{where}: missing key {key!r}")
+        if not isinstance(obj[key], typ) or (typ is int and isinstance(obj[key], bool)):
+            raise BundleError(f"{where}: key {key!r} has the wrong type ({type(obj[key]).__name__})")
+
+
+def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> None:
+    """Raise BundleError unless ``manifest`` is a well-formed schema-1 manifest."""
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: not a JSON object")
+    if manifest.get("schema") != SCHEMA:
+        raise BundleError(f"{where}: not a stethoedge bundle manifest (schema {manifest.get('schema')!r})")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{where}: bundle schema version {version!r} is not supported by this runtime "
+            f"(supports {SCHEMA_VERSION}); re-export the model or upgrade stethoedge"
+        )
+    _check_types(manifest, _REQUIRED, where)
+    if not manifest["artifacts"]:
+        raise BundleError(f"{where}: lists no artifacts")
+    names = set()
+    for i, art in enumerate(manifest["artifacts"]):
+        if not isinstance(art, dict):
+            raise BundleError(f"{where}: artifacts[{i}] is not an object")
+        _check_types(art, _ARTIFACT_REQUIRED, f"{where}: artifacts[{i}]")
+        if art["status"] not in ARTIFACT_STATUSES:
+            raise BundleError(f"{where}: artifacts[{i}] has unknown status {art['status']!r}")
+        if Path(art["file"]).name != art["file"]:
+            raise BundleError(f"{where}: artifacts[{i}] file {art['file']!r} must be a plain file name")
+        names.add(art["name"])
+    if manifest["default_artifact"] not in names:
+        raise BundleError(f"{where}: default_artifact {manifest['default_artifact']!r} is not among the artifacts")
+    if not all(isinstance(x, str) for x in manifest["labels"]) or len(manifest["labels"]) < 2:
+        raise BundleError(f"{where}: labels must be a list of at least two strings")
+    shape = manifest["input"].get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) for s in shape[1:])):
+        raise BundleError(f"{where}: input.shape must be [batch, frames, mels]")
+
+
+def _verify_file(root: Path, name: str, expected_sha: str) -> Path:
+    path = root / name
+    if not path.is_file():
+        raise BundleError(f"{root}: file {name!r} named in the manifest is missing")
+    actual = sha256_file(path)
+    if actual != expected_sha:
+        raise BundleError(f"{root}: {name} does not match its sha256 in the manifest (tampered or corrupted)")
+    return path
+
+
+def load_selftest(path: Path, spec: FeatureSpec, n_classes: int) -> SelfTest:
+    """Read and shape-check selftest.npz (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k], dtype=np.float32) for k in ("audio", "features", "logits")}
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{path}: unreadable self-test file ({exc})") from None
+    k = arrays["audio"].shape[0]
+    if arrays["audio"].shape != (k, spec.window_samples) or k == 0:
+        raise BundleError(f"{path}: self-test audio has shape {arrays['audio'].shape}")
+    if arrays["features"].shape != (k, *spec.input_shape):
+        raise BundleError(f"{path}: self-test features have shape {arrays['features'].shape}, expected {(k, *spec.input_shape)}")
+    if arrays["logits"].shape != (k, n_classes):
+        raise BundleError(f"{path}: self-test logits have shape {arrays['logits'].shape}")
+    return SelfTest(**arrays)
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Load and verify a bundle directory: schema, sha256 of every file, self-test shapes."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a bundle directory")
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(f"{root}: no {MANIFEST_NAME}; not a stethoedge bundle")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    validate_manifest(manifest, str(manifest_path))
+    spec = FeatureSpec.from_dict(manifest["feature_spec"])
+    if list(manifest["input"]["shape"][1:]) != list(spec.input_shape):
+        raise BundleError(
+            f"{manifest_path}: input shape {manifest['input']['shape']} disagrees with the feature spec {spec.input_shape}"
+        )
+    labels = tuple(manifest["labels"])
+    artifacts = {}
+    for art in manifest["artifacts"]:
+        _verify_file(root, art["file"], art["sha256"])
+        artifacts[art["name"]] = Artifact(
+            name=art["name"], file=art["file"], format=art["format"], precision=art["precision"],
+            sha256=art["sha256"], size_bytes=art["size_bytes"], tolerance=float(art["tolerance"]),
+            status=art["status"], verification=dict(art.get("verification", {})),
+        )
+    st = manifest["selftest"]
+    if not isinstance(st.get("file"), str) or not isinstance(st.get("sha256"), str):
+        raise BundleError(f"{manifest_path}: selftest must name a file and its sha256")
+    selftest = load_selftest(_verify_file(root, st["file"], st["sha256"]), spec, len(labels))
+    return Bundle(root, manifest, spec, labels, artifacts, selftest)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via a temporary file and rename, so readers never see half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a service user on the device must read it
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    """Validate and write manifest.json atomically."""
+    validate_manifest(manifest, str(root / MANIFEST_NAME))
+    path = root / MANIFEST_NAME
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path

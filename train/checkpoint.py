@@ -1,0 +1,62 @@
+"""Checkpoints: the weights plus the model config and feature spec that travel with them."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stethoedge.runtime.errors import DataError
+from stethoedge.runtime.feature_spec import FeatureSpec
+from stethoedge.runtime.labels import CLASSES
+from stethoedge.train.model import AST, ASTConfig
+
+CHECKPOINT_FORMAT = "stethoedge.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A rebuilt model in eval mode with its spec and metadata."""
+
+    model: AST
+    config: ASTConfig
+    spec: FeatureSpec
+    labels: tuple[str, ...]
+    meta: dict[str, Any]
+
+
+def save_checkpoint(path: Path, model: AST, config: ASTConfig, spec: FeatureSpec, **meta: Any) -> None:
+    """Write weights + config + spec atomically (temporary file, then rename)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_config": config.to_dict(),
+        "feature_spec": spec.to_dict(), "labels": list(CLASSES), "state_dict": model.state_dict(), "meta": meta,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
+    """Rebuild the model from a checkpoint file or a run directory (RUN/checkpoint.pt)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoint.pt"
+    if not p.is_file():
+        raise DataError(f"{p}: no checkpoint (train a model first: stethoedge train --data DIR --out RUN)")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle/zip errors of several types
+        raise DataError(f"{p}: unreadable checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{p}: not a stethoedge checkpoint")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise DataError(f"{p}: checkpoint version {payload.get('version')} is not supported")
+    config = ASTConfig(**payload["model_config"])
+    model = AST(config)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return LoadedCheckpoint(model, config, FeatureSpec.from_dict(payload["feature_spec"]), tuple(payload["labels"]),
+                            dict(payload.get("meta", {})))

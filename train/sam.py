@@ -1,0 +1,81 @@
+"""Sharpness-Aware Minimization (Foret et al., 2021) and adaptive SAM (Kwon et al., 2021).
+
+Wraps any base optimizer. Two explicit steps at the call site::
+
+    loss_fn(model(x), y).backward()
+    sam.first_step()              # climb to w + e(w), the worst point in a rho-ball
+    loss_fn(model(x), y).backward()
+    sam.second_step()             # restore w, step the base optimizer with the sharp gradient
+
+Gradient clipping goes right before ``second_step`` (it clips the gradient the base optimizer
+uses). With AMP, unscale the gradients (``scaler.unscale_``) before each step.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+
+class SAM(torch.optim.Optimizer):
+    """SAM/ASAM around ``base_optimizer_cls(params, **kwargs)``; ``rho`` is the ball radius."""
+
+    def __init__(self, params: Iterable[Any], base_optimizer_cls: type[torch.optim.Optimizer],
+                 rho: float = 0.05, adaptive: bool = False, **kwargs: Any) -> None:
+        if rho < 0:
+            raise ValueError(f"rho must be non-negative, got {rho}")
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
+        self.base_optimizer = base_optimizer_cls(self.param_groups, **kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults.update(self.base_optimizer.defaults)
+
+    @torch.no_grad()
+    def _grad_norm(self) -> torch.Tensor:
+        norms = [
+            ((torch.abs(p) if group["adaptive"] else 1.0) * p.grad).norm(p=2)
+            for group in self.param_groups for p in group["params"] if p.grad is not None
+        ]
+        if not norms:
+            return torch.tensor(0.0)
+        return torch.stack([n.to(norms[0].device) for n in norms]).norm(p=2)
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = True) -> None:
+        """Move each weight to w + e(w) = w + rho * g / ||g|| (ASAM: scaled by |w|^2)."""
+        scale_base = self._grad_norm() + 1e-12
+        for group in self.param_groups:
+            scale = group["rho"] / scale_base
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                e_w = (torch.pow(p, 2) if group["adaptive"] else 1.0) * p.grad * scale.to(p)
+                self.state[p]["old_p"] = p.detach().clone()
+                p.add_(e_w)
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = True) -> None:
+        """Return to w and update it with the gradient taken at w + e(w)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None or "old_p" not in self.state[p]:
+                    continue
+                p.data = self.state[p].pop("old_p")
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> None:  # type: ignore[override]
+        """Finish a SAM step after a first forward/backward; ``closure`` re-runs forward + backward."""
+        if closure is None:
+            raise RuntimeError("SAM.step needs a closure that runs forward and backward; or call first_step/second_step")
+        closure = torch.enable_grad()(closure)
+        self.first_step(zero_grad=True)
+        closure()
+        self.second_step()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore, keeping the base optimizer's param groups shared."""
+        super().load_state_dict(state_dict)
+        self.base_optimizer.param_groups = self.param_groups
