@@ -66,7 +66,8 @@ def test_sam_perturbation_has_radius_rho():
     model(torch.randn(8, 3)).square().mean().backward()
     before = [p.detach().clone() for p in model.parameters()]
     opt.first_step()
-    moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    with torch.no_grad():
+        moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
     assert float(moved) == pytest.approx(0.2, rel=1e-4)
 
 

@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   simulate -> train -> export -> stream-classify -> latency table
+#   make test   the test suite
+# Each creates the virtual environment .venv on first use and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Pin torch first: an unpinned torch pulls GBs of CUDA wheels. 2.13.0 CPU is what this project
+# is tested with; on a machine without a local wheel, add the CPU index, e.g.
+#   make demo TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+EXTRAS ?= all
+STAMP := $(VENV)/.stethoedge-$(EXTRAS)
+DEMO_OUT ?= out/demo
+# Also classify a real ICBHI recording when the shared sample sits beside the repository.
+REAL ?= $(firstword $(wildcard ../shared/data/icbhi_sample/audio_and_txt_files/101_1b1_Al_sc_Meditron.wav))
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/stethoedge demo --out $(DEMO_OUT) $(if $(REAL),--real $(REAL))
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) out build *.egg-info
