@@ -9,6 +9,7 @@ runtime.features.log_mel_fbank, exactly what the model sees before normalisation
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from stethoedge.runtime.feature_spec import FeatureSpec  # noqa: E402
 from stethoedge.runtime.features import kaldi_mel, log_mel_fbank  # noqa: E402
@@ -82,8 +84,12 @@ def plot(out: Path, seed: int = 0, device: str = "Meditron") -> Path:
                  "red = crackles, blue = wheezes", fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=90)
     plt.close(fig)
+    # A 256-colour palette keeps the committed PNG small (spectrogram noise compresses badly).
+    image = Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
+    image.save(out, optimize=True)
     return out
 
 

@@ -624,17 +624,18 @@ def simulate_dataset(
     Patients are numbered from 301. ``duration_s`` is per recording, in seconds. Refuses a
     non-empty ``out_dir`` unless it holds a previous simulation (which is replaced).
     """
-    if not (isinstance(n_patients, int) and n_patients >= 1):
+    if not (isinstance(n_patients, (int, np.integer)) and n_patients >= 1):
         raise DataError(f"n_patients must be a positive integer, got {n_patients!r}")
-    if not (isinstance(recordings_per_patient, int) and recordings_per_patient >= 1):
+    if not (isinstance(recordings_per_patient, (int, np.integer)) and recordings_per_patient >= 1):
         raise DataError(f"recordings_per_patient must be a positive integer, got {recordings_per_patient!r}")
     if not (MIN_DURATION_S <= duration_s <= MAX_DURATION_S):
-        raise DataError(f"duration_s must be {MIN_DURATION_S:g}-{MAX_DURATION_S:g} s (a few breaths), got {duration_s}")
+        raise DataError(f"duration_s must be {MIN_DURATION_S:g}-{MAX_DURATION_S:g} s (a few breaths), "
+                        f"got {duration_s}")
     if not (0.0 <= test_fraction < 1.0):
         raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if not (isinstance(seed, (int, np.integer)) and seed >= 0):
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
+    seed, n_patients, recordings_per_patient = int(seed), int(n_patients), int(recordings_per_patient)
     out = Path(out_dir)
     _prepare_out_dir(out)
     (out / AUDIO_DIR).mkdir(exist_ok=True)
