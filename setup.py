@@ -31,6 +31,7 @@ RUNTIME = [
     "numpy>=1.24",
     "scipy>=1.10",
     "soundfile>=0.12",
+    "soxr>=0.3",  # band-limited resampling, also as a stream (ResampleStream) for live capture
     "onnxruntime>=1.17",
     "sounddevice>=0.4.6",
     "pyserial>=3.5",
