@@ -54,6 +54,8 @@ def add_bridge_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                      help="seconds to keep listening for host frames after the last AUDIO frame (default 1)")
     sim.add_argument("--loop", action="store_true", help="repeat the file until interrupted")
     sim.add_argument("--device-id", default="stethoedge-sim", help="device id announced in HELLO")
+    sim.add_argument("--boot-id", type=int, default=None,
+                     help="boot id announced in HELLO (default: random, as a real device after power-up)")
     sim.set_defaults(func=run_simulate)
 
     dec = sub.add_parser(
@@ -79,6 +81,8 @@ def _usage(parser: argparse.ArgumentParser):
 
 def run_simulate(args: argparse.Namespace) -> int:
     """``bridge simulate``."""
+    import os
+
     from stethoedge.firmware_bridge.device_simulator import DeviceSimulator, load_pcm16
     from stethoedge.firmware_bridge.errors import BridgeError
     from stethoedge.firmware_bridge.links import PtyPair, open_link
@@ -87,6 +91,8 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     if args.frame_samples < 1 or args.rate < 1000 or args.baud < 1:
         raise BridgeError("--frame-samples, --rate and --baud must be positive (rate at least 1000 Hz)")
+    if args.boot_id is not None and not 0 <= args.boot_id <= 0xFFFFFFFF:
+        raise BridgeError("--boot-id must fit 32 bits")
     pcm = load_pcm16(args.wav, args.rate)
     pty = None
     if args.port == "pty":
@@ -111,6 +117,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         frame_samples=args.frame_samples, heartbeat_ms=args.heartbeat_ms, realtime=args.realtime,
         line_rate=args.baud / 10.0 if args.throttle else None, wait_start=args.wait_start,
         start_timeout=args.start_timeout, linger=args.linger, loop=args.loop, device_id=args.device_id,
+        boot_id=args.boot_id if args.boot_id is not None else int.from_bytes(os.urandom(4), "little"),
         on_host_message=show,
     )
     try:

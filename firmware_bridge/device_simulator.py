@@ -53,7 +53,7 @@ class DeviceEncoder:
 
     def __init__(self, sample_rate: int, fmt: AudioFormat = AudioFormat.PCM16, frame_samples: int = 256,
                  heartbeat_ms: int = 1000, device_id: str = DEFAULT_DEVICE_ID,
-                 firmware_version: str = DEFAULT_FIRMWARE) -> None:
+                 firmware_version: str = DEFAULT_FIRMWARE, boot_id: int = 1) -> None:
         if not 1 <= frame_samples <= Audio.max_samples(AudioFormat.PCM16):
             raise BridgeError(f"frame size {frame_samples} samples is outside 1-{Audio.max_samples(AudioFormat.PCM16)}")
         self.sample_rate = sample_rate
@@ -61,6 +61,7 @@ class DeviceEncoder:
         self.frame_samples = frame_samples
         self.device_id = device_id
         self.firmware_version = firmware_version
+        self.boot_id = boot_id
         self.seq = 0
         self.sent = 0  # samples sent so far (the device sample counter)
         self.adpcm = AdpcmState()
@@ -78,7 +79,7 @@ class DeviceEncoder:
 
     def hello(self) -> bytes:
         msg = Hello(self.device_id, self.firmware_version, (self.sample_rate,),
-                    (AudioFormat.PCM16, AudioFormat.IMA_ADPCM), DEVICE_RX_MAX_PAYLOAD)
+                    (AudioFormat.PCM16, AudioFormat.IMA_ADPCM), DEVICE_RX_MAX_PAYLOAD, self.boot_id)
         return self._frame(msg, self.clock_us())
 
     def audio(self, pcm: np.ndarray, last: bool = False) -> bytes:
@@ -107,14 +108,14 @@ class DeviceEncoder:
 
 def device_stream(pcm: np.ndarray, sample_rate: int, fmt: AudioFormat = AudioFormat.PCM16, frame_samples: int = 256,
                   heartbeat_ms: int = 1000, device_id: str = DEFAULT_DEVICE_ID,
-                  firmware_version: str = DEFAULT_FIRMWARE) -> Iterator[tuple[bytes, int]]:
+                  firmware_version: str = DEFAULT_FIRMWARE, boot_id: int = 1) -> Iterator[tuple[bytes, int]]:
     """The example firmware's byte stream for ``pcm``: (bytes, samples captured when sent) pairs.
 
     A leading 0x00, HELLO, then AUDIO frames with HEARTBEATs between them; the last AUDIO frame
     is flagged LAST. Identical to ``example_firmware --wav ... --out FILE`` for the same options.
     """
     pcm = np.asarray(pcm, dtype=np.int16)
-    enc = DeviceEncoder(sample_rate, fmt, frame_samples, heartbeat_ms, device_id, firmware_version)
+    enc = DeviceEncoder(sample_rate, fmt, frame_samples, heartbeat_ms, device_id, firmware_version, boot_id)
     yield b"\x00", 0
     yield enc.hello(), 0
     total = pcm.shape[0]
@@ -163,12 +164,13 @@ class DeviceSimulator:
                  fmt: AudioFormat = AudioFormat.PCM16, frame_samples: int = 256, heartbeat_ms: int = 1000,
                  realtime: bool = False, line_rate: float | None = None, wait_start: bool = False,
                  start_timeout: float = 10.0, linger: float = 0.0, loop: bool = False,
-                 device_id: str = DEFAULT_DEVICE_ID, firmware_version: str = DEFAULT_FIRMWARE,
+                 device_id: str = DEFAULT_DEVICE_ID, firmware_version: str = DEFAULT_FIRMWARE, boot_id: int = 1,
                  on_host_message: Callable[[int, Message], None] | None = None) -> None:
         self.link = link
         self.pcm = np.asarray(pcm, dtype=np.int16)
         self.sample_rate = sample_rate
-        self.encoder = DeviceEncoder(sample_rate, fmt, frame_samples, heartbeat_ms, device_id, firmware_version)
+        self.encoder = DeviceEncoder(sample_rate, fmt, frame_samples, heartbeat_ms, device_id, firmware_version,
+                                     boot_id)
         self.realtime = realtime
         self.line_rate = line_rate  # bytes/s to emulate (a UART at B baud, 8N1: B / 10); None = as fast as the link
         self.wait_start = wait_start

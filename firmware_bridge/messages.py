@@ -42,18 +42,20 @@ def _string(value: str, what: str, limit: int) -> bytes:
 
 @dataclass(frozen=True)
 class Hello:
-    """Device -> host, first frame after power-up/reset: who the device is and what it can send."""
+    """Device -> host, after power-up/reset and on REQUEST_HELLO: who the device is, what it can
+    send, and which boot of it this is."""
 
     TYPE: ClassVar[MsgType] = MsgType.HELLO
-    # formats u8 (bitmask), n_rates u8, max_rx_payload u16, then rates u32 x n_rates,
+    # formats u8 (bitmask), n_rates u8, max_rx_payload u16, boot_id u32, then rates u32 x n_rates,
     # then id_len u8 + id bytes, fw_len u8 + fw bytes.
-    _FIXED: ClassVar[struct.Struct] = struct.Struct("<BBH")
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<BBHI")
 
     device_id: str
     firmware_version: str
     sample_rates: tuple[int, ...] = (16000,)
     formats: tuple[AudioFormat, ...] = (AudioFormat.PCM16, AudioFormat.IMA_ADPCM)
     max_rx_payload: int = 64  # largest host->device payload the device accepts
+    boot_id: int = 0  # changes at every boot of the device (random or a boot counter)
 
     def pack(self) -> bytes:
         if not 1 <= len(self.sample_rates) <= MAX_HELLO_RATES:
@@ -61,7 +63,10 @@ class Hello:
         mask = 0
         for fmt in self.formats:
             mask |= FORMAT_BITS[AudioFormat(fmt)]
-        out = bytearray(self._FIXED.pack(mask, len(self.sample_rates), self.max_rx_payload))
+        try:
+            out = bytearray(self._FIXED.pack(mask, len(self.sample_rates), self.max_rx_payload, self.boot_id))
+        except struct.error as exc:
+            raise ProtocolError(f"HELLO field out of range ({exc})") from None
         for rate in self.sample_rates:
             if not 0 < rate <= _U32:
                 raise ProtocolError(f"sample rate {rate} does not fit u32")
@@ -76,7 +81,7 @@ class Hello:
     def unpack(cls, payload: bytes) -> Hello:
         if len(payload) < cls._FIXED.size:
             raise ProtocolError("HELLO payload too short")
-        mask, n_rates, max_rx = cls._FIXED.unpack_from(payload)
+        mask, n_rates, max_rx, boot_id = cls._FIXED.unpack_from(payload)
         if not 1 <= n_rates <= MAX_HELLO_RATES:
             raise ProtocolError(f"HELLO lists {n_rates} sample rates; 1-{MAX_HELLO_RATES} allowed")
         pos = cls._FIXED.size
@@ -96,7 +101,7 @@ class Hello:
             strings.append(payload[pos : pos + size].decode("utf-8", errors="replace"))
             pos += size
         formats = tuple(fmt for fmt, bit in FORMAT_BITS.items() if mask & bit)
-        return cls(strings[0], strings[1], rates, formats, max_rx)
+        return cls(strings[0], strings[1], rates, formats, max_rx, boot_id)
 
 
 @dataclass(frozen=True)
@@ -286,17 +291,17 @@ class Result:
 
     label_index: int
     confidence_q16: int
-    window_ms: int  # stream time of the classified window (its start), milliseconds
+    window_ms: int  # stream time of the classified window (its start), milliseconds, modulo 2**32
 
     @classmethod
     def make(cls, label_index: int, confidence: float, window_time: float) -> Result:
-        """From a confidence in [0, 1] and a window time in seconds."""
+        """From a confidence in [0, 1] and a window time in seconds (>= 0; wraps after 49.7 days)."""
         if not 0 <= label_index <= 0xFFFF:
             raise ProtocolError(f"label index {label_index} does not fit u16")
         if not 0.0 <= confidence <= 1.0:  # also rejects NaN
             raise ProtocolError(f"confidence {confidence} is outside [0, 1]")
-        if not 0.0 <= window_time < (_U32 + 1) / 1000.0:
-            raise ProtocolError(f"window time {window_time} s is outside 0 .. 49.7 days")
+        if not 0.0 <= window_time < float("inf"):  # also rejects NaN
+            raise ProtocolError(f"window time {window_time} s is not a time >= 0")
         return cls(label_index, int(round(confidence * 0xFFFF)), int(round(window_time * 1000.0)) & _U32)
 
     @property

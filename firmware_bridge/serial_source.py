@@ -94,6 +94,7 @@ class BridgeSource:
     ``in_waiting`` and ``close`` — which this object then owns and closes. ``baud`` is ignored by
     USB CDC and ptys.
 
+    ``request_hello``: ask for the device's HELLO on open (``device`` then describes it).
     ``start``: send CONTROL START (with ``stream_format`` / ``frame_samples`` / ``device_rate``,
     0 or None meaning the device's default) when ``chunks()`` begins, and STOP on ``close()``.
     ``until_end``: ``chunks()`` returns after an AUDIO frame flagged LAST; otherwise it waits for
@@ -107,7 +108,8 @@ class BridgeSource:
     def __init__(self, port, baud: int = 921600, *, start: bool = False,
                  stream_format: AudioFormat | str | None = None, frame_samples: int = 0, device_rate: int = 0,
                  until_end: bool = True, idle_timeout: float | None = 5.0, read_timeout: float = 0.02,
-                 late_window_s: float = LATE_WINDOW_S, ack_hello: bool = True, exclusive: bool = True) -> None:
+                 late_window_s: float = LATE_WINDOW_S, request_hello: bool = True, ack_hello: bool = True,
+                 exclusive: bool = True) -> None:
         import serial
 
         self._serial_mod = serial
@@ -143,6 +145,12 @@ class BridgeSource:
             self.port = str(getattr(port, "port", None) or type(port).__name__)
             if isinstance(port, serial.SerialBase) and (port.timeout is None or port.timeout > read_timeout):
                 port.timeout = read_timeout
+        # One delimiter so the device's receiver drops whatever partial frame it holds; then ask
+        # for a HELLO, because opening a port discards what the device sent before (its
+        # power-up HELLO included).
+        self._write(b"\x00")
+        if request_hello:
+            self.send_control(Command.REQUEST_HELLO)
 
     def _open(self, port: str):
         serial = self._serial_mod
@@ -154,8 +162,6 @@ class BridgeSource:
                                     exclusive=self.exclusive)
         except (serial.SerialException, ValueError, OSError) as exc:
             raise BridgeError(f"cannot open serial port {port}: {exc}") from None
-        # One delimiter so the device's receiver drops whatever partial frame it holds.
-        self._write(b"\x00", ser)
         return ser
 
     # -- statistics ----------------------------------------------------------------------
@@ -170,10 +176,9 @@ class BridgeSource:
         return merged
 
     # -- host -> device ------------------------------------------------------------------
-    def _write(self, data: bytes, ser=None) -> None:
-        ser = ser if ser is not None else self._ser
+    def _write(self, data: bytes) -> None:
         try:
-            ser.write(data)
+            self._ser.write(data)
         except (self._serial_mod.SerialException, OSError) as exc:
             raise BridgeError(f"{getattr(self, 'port', '?')}: write failed: {exc}") from None
 
@@ -296,7 +301,8 @@ class BridgeSource:
             return False
         if isinstance(msg, Hello):
             self._counts.hellos += 1
-            if self.device is not None or self._sequencer.stats.audio_frames:
+            if self.device is not None and msg.boot_id != self.device.boot_id:
+                # The device rebooted: its sample counter and sequence numbers start over.
                 out.extend(self._sequencer.flush())
                 self._sequencer.restart()
             self.device = msg

@@ -104,7 +104,7 @@ def test_adpcm_codes_identical(cbuild, kind):
 def test_every_message_type_encodes_identically(cbuild):
     samples = np.array([0, 1000, -1000, 32767, -32768], dtype=np.int16)
     py = [
-        Hello("steth-01", "1.2.3", (16000, 8000), (AudioFormat.PCM16, AudioFormat.IMA_ADPCM), 64),
+        Hello("steth-01", "1.2.3", (16000, 8000), (AudioFormat.PCM16, AudioFormat.IMA_ADPCM), 64, 0xA5A5A5A5),
         Audio.from_pcm16(samples, 48000, 16000),
         Audio.from_adpcm(samples, 0xFFFFFFF0, 16000, AdpcmState(-1234, 40), last=True)[0],
         Heartbeat(123456, 7, 3, 1),

@@ -27,7 +27,7 @@ from stethoedge.runtime.errors import StethoedgeError
 PCM = np.array([0, 1, -1, 1000, -1000, 32767, -32768], dtype=np.int16)
 
 MESSAGES = [
-    Hello("steth-01", "1.2.3", (16000, 8000), (AudioFormat.PCM16, AudioFormat.IMA_ADPCM), 64),
+    Hello("steth-01", "1.2.3", (16000, 8000), (AudioFormat.PCM16, AudioFormat.IMA_ADPCM), 64, 0xDEADBEEF),
     Hello("", "", (44100,), (AudioFormat.PCM16,), 4096),
     Hello("é" * 32, "fw", (16000,) * 8, (), 12),
     Audio.from_pcm16(PCM, 123, 16000),
@@ -80,10 +80,12 @@ def test_audio_samples_and_limits():
     (Audio, Audio.from_pcm16(PCM, 0, 16000).pack()[:4] + b"\x00\x00\x00\x00" + Audio.from_pcm16(PCM, 0, 16000).pack()[8:]),
     (Audio, Audio.from_pcm16(PCM, 0, 16000).pack()[:8] + b"\x07" + Audio.from_pcm16(PCM, 0, 16000).pack()[9:]),
     (Audio, Audio.from_adpcm(PCM, 0, 16000, AdpcmState())[0].pack()[:14] + b"\x59" + b"\x00" * 5),
-    (Hello, b"\x03\x00\x40\x00"),
-    (Hello, b"\x03\x09\x40\x00" + b"\x80\x3e\x00\x00" * 9 + b"\x00\x00"),
-    (Hello, b"\x03\x01\x40\x00\x80\x3e\x00\x00\x05ab"),
-    (Hello, b"\x03\x01\x40\x00\x80\x3e\x00\x00\x41" + b"a" * 65 + b"\x00"),
+    (Hello, b"\x03\x01\x40\x00"),
+    (Hello, b"\x03\x00\x40\x00\x01\x00\x00\x00"),
+    (Hello, b"\x03\x09\x40\x00\x01\x00\x00\x00" + b"\x80\x3e\x00\x00" * 9 + b"\x00\x00"),
+    (Hello, b"\x03\x01\x40\x00\x01\x00\x00\x00\x80\x3e\x00\x00\x05ab"),
+    (Hello, b"\x03\x01\x40\x00\x01\x00\x00\x00\x80\x3e\x00\x00\x41" + b"a" * 65 + b"\x00"),
+    (Hello, b"\x03\x01\x40\x00\x01\x00\x00\x00\x80\x3e\x00\x00\x00"),
     (Heartbeat, b"\x00" * 13),
     (Error, b"\x01"),
     (Error, b"\x01\x00" + b"x" * 201),
@@ -112,6 +114,8 @@ def test_out_of_range_values_raise_protocol_error():
     with pytest.raises(ProtocolError):
         Result.make(1, 0.5, -1.0)
     with pytest.raises(ProtocolError):
+        Result.make(1, 0.5, float("inf"))
+    with pytest.raises(ProtocolError):
         Control(Command.SET_GAIN, 0, 40000).pack()
     with pytest.raises(ProtocolError):
         Hello("x" * 65, "1").pack()
@@ -125,6 +129,7 @@ def test_out_of_range_values_raise_protocol_error():
 def test_result_quantisation():
     r = Result.make(3, 0.8, 2.5)
     assert (r.confidence_q16, r.window_ms) == (52428, 2500)
+    assert Result.make(0, 0.5, 2**32 / 1000 + 1.0).window_ms == 1000  # wraps like every u32 clock
     assert abs(r.confidence - 0.8) < 1 / 65535
 
 

@@ -77,6 +77,7 @@ static int cmd_messages(void)
     h.n_rates = 2;
     h.formats = SEB_FMT_BIT_PCM16 | SEB_FMT_BIT_IMA_ADPCM;
     h.max_rx_payload = 64;
+    h.boot_id = 0xA5A5A5A5u;
     emit(seb_encode_hello(output, cap, seq++, 1000u, &h));
     emit(seb_encode_audio_pcm16(output, cap, seq++, 2000u, 48000u, 16000u, 0u, samples, 5));
     st.predictor = -1234;

@@ -43,6 +43,7 @@ typedef struct {
     unsigned start_timeout_ms;
     const char *device_id;
     const char *firmware_version;
+    uint32_t boot_id;
 } options;
 
 typedef struct {
@@ -277,6 +278,7 @@ static void send_hello(device *d)
     h.n_rates = 1;
     h.formats = SEB_FMT_BIT_PCM16 | SEB_FMT_BIT_IMA_ADPCM;
     h.max_rx_payload = SEB_RX_MAX_PAYLOAD;
+    h.boot_id = d->opt.boot_id;
     send_frame(d, seb_encode_hello(d->frame, sizeof d->frame, d->seq, clock_us(d, d->sent), &h));
 }
 
@@ -413,7 +415,8 @@ static void usage(void)
 {
     fputs("usage: example_firmware --wav FILE [--out PATH|-] [--format pcm16|adpcm] [--frame-samples N]\n"
           "         [--realtime] [--baud N] [--heartbeat-ms N] [--listen] [--wait-start]\n"
-          "         [--linger-ms N] [--start-timeout-ms N] [--device-id S] [--firmware-version S]\n",
+          "         [--linger-ms N] [--start-timeout-ms N] [--device-id S] [--firmware-version S]\n"
+          "         [--boot-id N]\n",
           stderr);
     exit(2);
 }
@@ -447,6 +450,7 @@ static void parse_args(options *o, int argc, char **argv)
     o->start_timeout_ms = 10000;
     o->device_id = "stethoedge-example";
     o->firmware_version = "example-1.0.0";
+    o->boot_id = 1; /* deterministic output; real firmware uses a random number or a boot counter */
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -487,6 +491,8 @@ static void parse_args(options *o, int argc, char **argv)
                 o->device_id = v;
             } else if (strcmp(a, "--firmware-version") == 0) {
                 o->firmware_version = v;
+            } else if (strcmp(a, "--boot-id") == 0) {
+                o->boot_id = (uint32_t)parse_number(v, 0xFFFFFFFFul);
             } else {
                 usage();
             }

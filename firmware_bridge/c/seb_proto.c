@@ -160,13 +160,14 @@ size_t seb_encode_hello(uint8_t *out, size_t cap, uint16_t seq, uint32_t timesta
         hello->n_rates > SEB_MAX_HELLO_RATES || hello->sample_rates == NULL) {
         return 0;
     }
-    len = (uint16_t)(4u + 4u * hello->n_rates + 1u + id_len + 1u + fw_len);
+    len = (uint16_t)(8u + 4u * hello->n_rates + 1u + id_len + 1u + fw_len);
     if (seb_frame_begin(&w, out, cap, SEB_MSG_HELLO, seq, timestamp_us, len) != 0) {
         return 0;
     }
     seb_frame_put_u8(&w, hello->formats);
     seb_frame_put_u8(&w, hello->n_rates);
     seb_frame_put_u16(&w, hello->max_rx_payload);
+    seb_frame_put_u32(&w, hello->boot_id);
     for (i = 0; i < hello->n_rates; i++) {
         seb_frame_put_u32(&w, hello->sample_rates[i]);
     }

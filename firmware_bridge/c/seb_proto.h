@@ -132,6 +132,7 @@ typedef struct {
     uint8_t n_rates;
     uint8_t formats;          /* SEB_FMT_BIT_* mask */
     uint16_t max_rx_payload;  /* normally SEB_RX_MAX_PAYLOAD */
+    uint32_t boot_id;         /* must change at every boot: random number or boot counter */
 } seb_hello;
 
 typedef struct {
