@@ -108,6 +108,42 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- listen
+def cmd_listen(args: argparse.Namespace) -> int:
+    import signal
+
+    from stethoedge.firmware_bridge.serial_source import BridgeSource
+    from stethoedge.runtime.engine import Classifier
+
+    clf = Classifier.open(args.bundle, artifact=args.artifact, backend=args.backend, threads=args.threads,
+                          allow_degraded=args.allow_degraded)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # systemd stops with SIGTERM: flush and close like Ctrl-C
+    jsonl = open(args.jsonl, "a", encoding="utf-8") if args.jsonl else None
+    source = BridgeSource(args.bridge, args.baud, start=True, idle_timeout=args.idle_timeout)
+    print(f"# listening on {args.bridge} at {args.baud} baud; artifact {clf.backend.artifact.name}", flush=True)
+    try:
+        for r in clf.classify(source, hop_s=args.hop, min_s=args.min_seconds):
+            source.send_result(clf.bundle.labels.index(r.label), r.confidence, r.end_s)
+            print(_format_result(r), flush=True)
+            if jsonl:
+                jsonl.write(json.dumps(r.to_json()) + "\n")
+                jsonl.flush()  # one complete record per line, so a crash never leaves half a record
+    except KeyboardInterrupt:
+        print("# stopped", file=sys.stderr)
+    finally:
+        source.close()
+        if jsonl:
+            jsonl.close()
+    s = source.stats
+    print(f"# bridge: {s.audio_frames} audio frames, {s.crc_errors} CRC errors, {s.gaps} gaps "
+          f"({s.samples_lost} samples lost, never filled)", flush=True)
+    return 0
+
+
 # ---------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
     from stethoedge.runtime.bench import bench_bundle, format_bench_table
@@ -184,6 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", help="inference backend (default: by artifact format)")
     p.add_argument("--threads", type=_positive_int, default=None, help="inference threads")
     p.add_argument("--allow-degraded", action="store_true", help="allow an artifact that failed export verification")
+
+    p = add("listen", cmd_listen, "Classify a live stream from a stethoscope on the firmware bridge; send RESULT frames back.")
+    p.add_argument("bundle")
+    p.add_argument("--bridge", required=True, help="serial port of the stethoscope (e.g. /dev/ttyACM0, a pty)")
+    p.add_argument("--baud", type=_positive_int, default=921600, help="UART baud rate (default 921600)")
+    p.add_argument("--hop", type=_positive_float, default=2.0, help="seconds between decisions (default 2)")
+    p.add_argument("--min-seconds", type=_positive_float, default=2.0, help="first decision after this much audio")
+    p.add_argument("--idle-timeout", type=_positive_float, default=5.0,
+                   help="give up when the device sends nothing for this many seconds")
+    p.add_argument("--jsonl", default=None, help="append one JSON line per window to this file")
+    p.add_argument("--artifact", default=None)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--allow-degraded", action="store_true")
 
     p = add("bench", cmd_bench, "Latency of every artifact in a bundle (features + inference per window).")
     p.add_argument("bundle")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-COMMANDS = ["simulate", "train", "export", "classify", "bench", "demo"]
+COMMANDS = ["simulate", "train", "export", "classify", "listen", "bench", "demo", "bridge"]
 
 
 def run_cli(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
