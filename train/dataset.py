@@ -33,10 +33,6 @@ class CycleWindows:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, index: np.ndarray) -> CycleWindows:
-        """A subset by integer index."""
-        return CycleWindows(self.audio[index], self.labels[index], [self.stems[i] for i in index])
-
 
 def split_recordings(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[Recording]]:
     """{'train', 'val', 'test'} recordings: official split + patient-held-out validation from train."""
