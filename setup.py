@@ -35,6 +35,7 @@ RUNTIME = [
     "onnxruntime>=1.17",
     "sounddevice>=0.4.6",
     "pyserial>=3.5",
+    "cryptography>=42",  # Ed25519 bundle signatures (--require-signature)
 ]
 TRAIN = [
     # torch: any 2.x from 2.3 on; the CPU build 2.13.0 satisfies it (pin torch==2.13.0 first on CPU
@@ -42,9 +43,17 @@ TRAIN = [
     "torch>=2.3,<3",
     "tqdm>=4.60",
     "matplotlib>=3.7",
+    "safetensors>=0.4",
+    # Pretrained AST directories (config.json + weights) and LoRA; both read LOCAL files only.
+    "transformers==5.23.0",
+    "peft==0.21.2",
 ]
-EXPORT = ["onnx>=1.16", "onnxruntime>=1.17", "onnxscript>=0.1"]
-TFLITE = ["ai-edge-litert>=1.0"]
+TFLITE = ["ai-edge-litert>=2.0"]
+EXPORT = [
+    "onnx>=1.16", "onnxruntime>=1.17", "onnxscript>=0.1",
+    "litert-torch==0.10.0",  # PyTorch -> LiteRT (.tflite) directly; brings jax and ai-edge-quantizer
+    "polygraphy>=0.49",  # ONNX lint before TensorRT builds on the target
+] + TFLITE
 DEV = ["pytest>=8", "hypothesis>=6.100", "kaldi-native-fbank>=1.20"]
 
 setup(
@@ -67,7 +76,7 @@ setup(
         "train": TRAIN + RUNTIME,
         "export": EXPORT + TRAIN + RUNTIME,
         "dev": DEV,
-        "all": sorted(set(RUNTIME + TRAIN + EXPORT + DEV)),
+        "all": sorted(set(RUNTIME + TRAIN + EXPORT + TFLITE + DEV)),
     },
     entry_points={"console_scripts": ["stethoedge=stethoedge.cli:main"]},
 )
