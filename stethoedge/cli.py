@@ -37,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    from stethoedge import cli_export, cli_runtime, cli_train
+    from stethoedge import cli_export, cli_generate, cli_runtime, cli_train
 
-    for module in (cli_train, cli_export, cli_runtime):
+    for module in (cli_train, cli_generate, cli_export, cli_runtime):
         module.register(add)
 
     p = add("demo", cmd_demo, "End to end on the embedded default: simulate -> train -> export -> classify -> bench.")
