@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", default=None, help="also classify this real recording (e.g. an ICBHI WAV)")
     p.add_argument("--epochs", type=_positive_int, default=8)
     p.add_argument("--patients", type=_positive_int, default=20)
-    p.add_argument("--preset", default="tiny", choices=["micro", "tiny", "small", "base"])
+    p.add_argument("--preset", default="nano", choices=["micro", "nano", "tiny", "small", "base"])
 
     try:
         from stethoedge.firmware_bridge.cli import add_bridge_parser

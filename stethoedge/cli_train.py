@@ -23,19 +23,95 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from stethoedge.train.trainer import TrainConfig, train
+#: CLI flag -> TrainConfig field, for flags whose value is taken as is (None = not given).
+_FLAG_FIELDS = ("data", "out", "preset", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "rho", "adapter",
+                "adapter_reduction", "lora_rank", "aft_lambda", "augment", "distill_from", "init", "ema_decay", "amp",
+                "early_stopping", "checkpoint_every", "val_fraction", "seed", "threads", "depth", "fstride", "tstride",
+                "cache_dir", "device", "label_smoothing", "warmup_epochs")
 
-    cfg = TrainConfig(data=args.data, out=args.out, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, optimizer=args.optimizer, rho=args.rho, weighted_sampler=not args.no_weighted_sampler,
-                      val_fraction=args.val_fraction, seed=args.seed, threads=args.threads)
-    metrics = train(cfg)
+
+def load_config_file(path: str) -> dict:
+    """Training options from a recipe (.toml, flat keys) or a run's config.json (its "train" table)."""
+    import tomllib
+
+    from stethoedge.runtime.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: no such config file")
+    try:
+        if p.suffix == ".json":
+            values = json.loads(p.read_text())
+            values = values.get("train", values)
+        else:
+            values = tomllib.loads(p.read_text())
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise DataError(f"{path}: not valid {'JSON' if p.suffix == '.json' else 'TOML'} ({exc})") from None
+    if not isinstance(values, dict):
+        raise DataError(f"{path}: expected a table of training options")
+    return values
+
+
+def build_train_config(args: argparse.Namespace):
+    """Recipe file (if any) overridden by the flags given on the command line."""
+    from stethoedge.runtime.errors import DataError
+    from stethoedge.train.trainer import TrainConfig
+
+    values = load_config_file(args.config) if args.config else {}
+    for name in _FLAG_FIELDS:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    if args.aft:
+        values["aft"] = True
+    if args.synthetic:
+        values["synthetic"] = list(args.synthetic)
+    if args.no_weighted_sampler:
+        values["weighted_sampler"] = False
+    if args.no_resume:
+        values["resume"] = False
+    for required in ("data", "out"):
+        if not values.get(required):
+            raise DataError(f"--{required} is required (on the command line or in --config)")
+    return TrainConfig.from_dict(values)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
+def _print_metrics(metrics: dict) -> None:
     for split in ("val", "test"):
         m = metrics.get(split)
         if m:
+            auroc = m.get("auroc", {}).get("macro", float("nan"))
             print(f"{split:>4}: Sp {m['specificity']:.3f}  Se {m['sensitivity']:.3f}  Score {m['score']:.3f}  "
-                  f"macro-F1 {m['macro_f1']:.3f}  (n={m['n']})")
-    print(f"best epoch {metrics['best_epoch']} (selected on validation); run written to {args.out}")
+                  f"macro-F1 {m['macro_f1']:.3f}  AUROC {auroc:.3f}  (n={m['n']})")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from stethoedge.train.trainer import train, train_seeds
+
+    cfg = build_train_config(args)
+    if args.seeds:
+        summary = train_seeds(cfg, args.seeds)
+        for split in ("val", "test"):
+            for key, v in summary.get(split, {}).items():
+                print(f"{split:>4} {key:<12} {v['mean']:.3f} +- {v['sd']:.3f}  (n={v['n']} seeds)")
+        print(f"runs written to {cfg.out}/seed-N; summary in {cfg.out}/summary.json")
+        return 0
+    metrics = train(cfg)
+    if "stopped_at_step" in metrics:
+        return 0
+    if metrics:
+        _print_metrics(metrics)
+        print(f"best epoch {metrics['best_epoch']} (selected on validation); run written to {cfg.out}")
     return 0
 
 
@@ -49,17 +125,45 @@ def register(add: AddCommand) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
 
     p = add("train", cmd_train, "Train the AST classifier on an ICBHI-layout directory; writes a run directory.")
-    p.add_argument("--data", required=True, help="dataset root (ICBHI layout: <stem>.wav + <stem>.txt, split file)")
-    p.add_argument("--out", required=True, help="run directory to write (checkpoint, metrics, config)")
-    p.add_argument("--preset", default="tiny", choices=["micro", "tiny", "small", "base"],
-                   help="model size (tiny: trains on a 2-core CPU in minutes)")
-    p.add_argument("--epochs", type=_positive_int, default=8)
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (cosine schedule, warm-up)")
-    p.add_argument("--optimizer", choices=["sam", "adamw"], default="sam", help="SAM around AdamW, or plain AdamW")
-    p.add_argument("--rho", type=_positive_float, default=0.05, help="SAM neighbourhood radius")
+    p.add_argument("--data", default=None, help="dataset root (ICBHI layout: <stem>.wav + <stem>.txt, split file)")
+    p.add_argument("--out", default=None, help="run directory to write (checkpoint, metrics, config, plots)")
+    p.add_argument("--config", default=None,
+                   help="recipe (.toml, e.g. train/recipes/edge-student.toml) or a run's config.json; flags override it")
+    p.add_argument("--preset", default=None, choices=["micro", "nano", "tiny", "small", "base"],
+                   help="model size: nano ~0.5 M (CPU demo), tiny ~5.5 M, small ~22 M, base ~87 M (default nano)")
+    p.add_argument("--depth", type=_positive_int, default=None, help="override the preset's number of layers")
+    p.add_argument("--fstride", type=_positive_int, default=None, help="patch stride in frequency (10 AST, 16 edge)")
+    p.add_argument("--tstride", type=_positive_int, default=None, help="patch stride in time (10 AST, 16 edge)")
+    p.add_argument("--init", default=None, help="pretrained weights: a Hugging Face AST directory or an original AST .pth")
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (cosine schedule, warm-up)")
+    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--optimizer", choices=["sam", "asam", "adamw"], default=None,
+                   help="SAM or adaptive SAM around AdamW, or plain AdamW (default sam)")
+    p.add_argument("--rho", type=_positive_float, default=None, help="SAM neighbourhood radius (default 0.05)")
+    p.add_argument("--adapter", choices=["none", "bottleneck", "lora"], default=None,
+                   help="freeze the backbone and train adapters / LoRA only (merged before export)")
+    p.add_argument("--adapter-reduction", type=_positive_int, default=None, help="bottleneck width = dim / this")
+    p.add_argument("--lora-rank", type=_positive_int, default=None)
+    p.add_argument("--synthetic", action="append", default=[], metavar="DIR",
+                   help="synthetic dataset (ICBHI layout or class folders) added to TRAINING only; repeatable")
+    p.add_argument("--aft", action="store_true", help="adversarial fine-tuning: domain head behind gradient reversal")
+    p.add_argument("--aft-lambda", type=_positive_float, default=None, help="weight of the domain loss (default 0.2)")
+    p.add_argument("--augment", default=None, help="augmentation policy name from stethoedge.train.augment")
+    p.add_argument("--distill-from", default=None, metavar="RUN", help="teacher run directory for distillation")
+    p.add_argument("--ema", dest="ema_decay", type=_positive_float, default=None, help="weight EMA decay, e.g. 0.999")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None, help="mixed precision (bf16 works on CPU)")
+    p.add_argument("--early-stopping", type=int, default=None, help="patience in epochs (validation Score)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="save resumable state every N steps")
+    p.add_argument("--no-resume", action="store_true", help="start over even if RUN/state.pt exists")
+    p.add_argument("--cache", dest="cache_dir", default=None, help="directory caching fbank features between runs")
+    p.add_argument("--seeds", type=_parse_seeds, default=None, help="e.g. 1,2,3: one run per seed, mean +- sd")
     p.add_argument("--no-weighted-sampler", action="store_true", help="shuffle instead of inverse-frequency sampling")
-    p.add_argument("--val-fraction", type=_positive_float, default=0.25,
-                   help="fraction of TRAIN patients held out for model selection")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=_positive_float, default=None,
+                   help="fraction of TRAIN patients held out for model selection (default 0.25)")
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")

@@ -1,6 +1,6 @@
 """The main job, end to end on the embedded default data.
 
-simulate a dataset -> train the tiny AST (SAM + weighted sampler) -> export a verified ONNX bundle
+simulate a dataset -> train the nano AST (SAM + weighted sampler) -> export a verified ONNX bundle
 -> stream-classify a held-out synthetic recording (and a real one if given) -> latency table.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _prepare(out: Path) -> None:
     (out / MARKER).write_text("stethoedge demo working directory\n")
 
 
-def run_demo(out: Path, real_audio: str | None = None, epochs: int = 8, patients: int = 20, preset: str = "tiny",
+def run_demo(out: Path, real_audio: str | None = None, epochs: int = 8, patients: int = 20, preset: str = "nano",
              seed: int = 0) -> dict[str, float]:
     """Run every stage, print what each produced, return the wall time of each stage in seconds."""
     from stethoedge.export.exporter import export_run

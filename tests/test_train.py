@@ -36,7 +36,11 @@ def test_evaluate_builds_the_matrix_and_binary_view():
 
 
 def test_presets_shapes_and_sizes():
-    assert count_parameters(AST(PRESETS["small"])) == pytest.approx(5.5e6, rel=0.1)
+    assert count_parameters(AST(PRESETS["nano"])) == pytest.approx(0.51e6, rel=0.1)
+    assert count_parameters(AST(PRESETS["tiny"])) == pytest.approx(5.5e6, rel=0.1)
+    assert count_parameters(AST(PRESETS["small"])) == pytest.approx(22e6, rel=0.1)
+    assert count_parameters(AST(PRESETS["base"])) == pytest.approx(87e6, rel=0.05)
+    assert PRESETS["base"].fstride == PRESETS["base"].tstride == 10 and PRESETS["tiny"].tstride == 16
     model = AST(preset_config("micro"))
     assert model(torch.zeros(3, 798, 128)).shape == (3, 4)
     assert preset_config("micro").n_patches == 8 * 49
@@ -102,3 +106,29 @@ def test_tiny_training_run_writes_a_complete_run(trained_run: Path):
     ckpt = load_checkpoint(trained_run)
     assert ckpt.spec.norm_mean != -4.2677393, "normalisation statistics come from the training set"
     assert ckpt.model(torch.zeros(1, 798, 128)).shape == (1, 4)
+
+
+def test_auroc_against_hand_computed_examples():
+    from stethoedge.train.metrics import auroc, auroc_report, summarize_seeds
+
+    # positives score 0.9, 0.4; negatives 0.5, 0.1, 0.4: pairs won 1 + 1 + 1 + 0 + 1 + 0.5 (tie) of 6
+    assert auroc(np.array([1, 1, 0, 0, 0]), np.array([0.9, 0.4, 0.5, 0.1, 0.4])) == pytest.approx(4.5 / 6)
+    assert np.isnan(auroc(np.array([1, 1]), np.array([0.2, 0.3])))
+    y = np.array([0, 1, 2, 3])
+    probs = np.eye(4) * 0.7 + 0.075
+    report = auroc_report(y, probs)
+    assert report["macro"] == pytest.approx(1.0) and report["binary"] == pytest.approx(1.0)
+    m = evaluate(y, probs.argmax(1), probs)
+    assert m["auroc"]["per_class"]["wheeze"] == pytest.approx(1.0) and m["per_class_recall"]["both"] == 1.0
+    s = summarize_seeds([{"score": 0.5}, {"score": 0.7}, {"score": 0.6}])
+    assert s["score"]["mean"] == pytest.approx(0.6) and s["score"]["sd"] == pytest.approx(0.1)
+
+
+def test_legacy_checkpoint_keys_still_load():
+    from stethoedge.train.model import upgrade_state_dict
+
+    model = AST(preset_config("micro"))
+    legacy = {k.replace("mlp.fc1.", "mlp.0.").replace("mlp.fc2.", "mlp.3.").replace("patch_embed.proj.", "patch_embed."): v
+              for k, v in model.state_dict().items()}
+    assert "blocks.0.mlp.0.weight" in legacy and "patch_embed.weight" in legacy
+    AST(preset_config("micro")).load_state_dict(upgrade_state_dict(legacy))

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.labels import CLASSES
-from stethoedge.train.model import AST, ASTConfig
+from stethoedge.train.model import AST, ASTConfig, upgrade_state_dict
 
 CHECKPOINT_FORMAT = "stethoedge.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -19,9 +20,9 @@ CHECKPOINT_VERSION = 1
 
 @dataclass
 class LoadedCheckpoint:
-    """A rebuilt model in eval mode with its spec and metadata."""
+    """A rebuilt model in eval mode with its spec and metadata (an EnsembleAST for ensemble runs)."""
 
-    model: AST
+    model: nn.Module
     config: ASTConfig
     spec: FeatureSpec
     labels: tuple[str, ...]
@@ -29,7 +30,11 @@ class LoadedCheckpoint:
 
 
 def save_checkpoint(path: Path, model: AST, config: ASTConfig, spec: FeatureSpec, **meta: Any) -> None:
-    """Write weights + config + spec atomically (temporary file, then rename)."""
+    """Write weights + config + spec atomically (temporary file, then rename); ``model`` must be a plain AST."""
+    from stethoedge.train.adapters import has_adapters
+
+    if has_adapters(model):
+        raise ValueError("merge adapters (stethoedge.train.adapters.merge_adapters) before saving a checkpoint")
     payload = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_config": config.to_dict(),
         "feature_spec": spec.to_dict(), "labels": list(CLASSES), "state_dict": model.state_dict(), "meta": meta,
@@ -55,8 +60,13 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     if payload.get("version") != CHECKPOINT_VERSION:
         raise DataError(f"{p}: checkpoint version {payload.get('version')} is not supported")
     config = ASTConfig(**payload["model_config"])
-    model = AST(config)
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
+    if payload.get("kind") == "ensemble":
+        from stethoedge.train.ensemble import ensemble_from_payload
+
+        model: nn.Module = ensemble_from_payload(payload)
+    else:
+        model = AST(config)
+        model.load_state_dict(upgrade_state_dict(payload["state_dict"]))
+        model.eval()
     return LoadedCheckpoint(model, config, FeatureSpec.from_dict(payload["feature_spec"]), tuple(payload["labels"]),
                             dict(payload.get("meta", {})))

@@ -5,7 +5,10 @@ whole patients carved from the TRAIN patients only. Model selection never sees t
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,3 +81,76 @@ def normalization_stats(audio: np.ndarray, spec: FeatureSpec, max_windows: int =
     index = np.sort(rng.permutation(audio.shape[0])[:max_windows])
     fb = fbank_batches(audio[index], spec, normalized=False).double()
     return float(fb.mean()), float(fb.std())
+
+
+def normalization_stats_from(fbank: torch.Tensor, max_windows: int = 512, seed: int = 0) -> tuple[float, float]:
+    """Mean and std of already computed (unnormalised) training log-mels; same sample as ``normalization_stats``."""
+    if fbank.shape[0] == 0:
+        raise DataError("no training windows to compute normalisation statistics from")
+    rng = np.random.default_rng(seed)
+    index = torch.from_numpy(np.sort(rng.permutation(fbank.shape[0])[:max_windows]))
+    fb = fbank[index].double()
+    return float(fb.mean()), float(fb.std())
+
+
+def normalize_features(fbank: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """AST normalisation of a feature tensor with the spec's statistics."""
+    return normalize_torch(fbank, spec)
+
+
+def _cache_key(audio: np.ndarray, spec: FeatureSpec) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps({k: v for k, v in spec.to_dict().items() if k not in ("norm_mean", "norm_std")},
+                             sort_keys=True, default=str).encode())
+    digest.update(str(audio.shape).encode())
+    digest.update(np.ascontiguousarray(audio).view(np.uint8).data)
+    return digest.hexdigest()[:32]
+
+
+def cached_fbank(audio: np.ndarray, spec: FeatureSpec, cache_dir: str | os.PathLike | None = None) -> torch.Tensor:
+    """Unnormalised features of padded windows, computed once and kept in ``cache_dir`` (keyed by audio + spec).
+
+    Runs with other seeds, resumed runs and every epoch reuse them, so a GPU epoch is not bound
+    by fbank computation. Without ``cache_dir`` the features are computed in memory only.
+    """
+    if cache_dir is None or audio.shape[0] == 0:
+        return fbank_batches(audio, spec, normalized=False)
+    directory = Path(cache_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"fbank-{_cache_key(audio, spec)}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as exc:  # a damaged cache file is recomputed, never trusted
+            log.warning("%s: unreadable feature cache (%s); recomputing", path, exc)
+    feats = fbank_batches(audio, spec, normalized=False)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(feats, tmp)
+    os.replace(tmp, path)
+    return feats
+
+
+def load_synthetic(roots: list[str], spec: FeatureSpec) -> CycleWindows:
+    """Every cycle of synthetic datasets (ICBHI layout or class folders), ALL for training.
+
+    The split file of a synthetic set is ignored: synthetic data never enters validation or test.
+    """
+    from stethoedge.runtime.labels import CLASSES
+    from stethoedge.train.folders import list_folder_dataset, load_folder_items
+
+    parts = []
+    for root in roots:
+        path = Path(root)
+        if not path.is_dir():
+            raise DataError(f"{root}: synthetic data directory does not exist")
+        if any((path / name).is_dir() for name in CLASSES):
+            items = load_folder_items(list_folder_dataset(path), spec.sample_rate)
+            audio = [cyclic_pad(a, spec.window_samples) for a, _ in items]
+            parts.append(CycleWindows(np.stack(audio) if audio else np.zeros((0, spec.window_samples), np.float32),
+                                      np.asarray([lab for _, lab in items], dtype=np.int64),
+                                      [f"synthetic:{path.name}"] * len(items)))
+        else:
+            parts.append(load_windows(list_recordings(path), spec, desc=f"loading synthetic {path.name}"))
+    audio = np.concatenate([p.audio for p in parts]) if parts else np.zeros((0, spec.window_samples), np.float32)
+    labels = np.concatenate([p.labels for p in parts]) if parts else np.zeros(0, np.int64)
+    return CycleWindows(audio.astype(np.float32, copy=False), labels, [s for p in parts for s in p.stems])

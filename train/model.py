@@ -31,6 +31,8 @@ class ASTConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     drop_path: float = 0.0
+    norm_eps: float = 1e-6  # encoder LayerNorms (timm/AST: 1e-6; Hugging Face AST: 1e-12)
+    head_norm_eps: float = 1e-5  # LayerNorm of the classification head
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -50,12 +52,14 @@ class ASTConfig:
         return asdict(self)
 
 
-#: Size presets. ``micro`` is for tests, ``tiny`` trains on a 2-core CPU in minutes (the demo),
-#: ``small`` is DeiT-tiny shaped (~5.5 M), ``base`` is the AST paper's model (~87 M, overlapping).
+#: Size presets. ``micro`` is for tests, ``nano`` (~0.5 M) trains on a 2-core CPU in minutes (the
+#: demo), ``tiny`` is DeiT-tiny shaped (~5.5 M, non-overlapping: the edge student), ``small`` is
+#: DeiT-small shaped (~22 M), ``base`` is the AST paper's model (~87 M, overlapping stride 10).
 PRESETS: dict[str, ASTConfig] = {
     "micro": ASTConfig(dim=32, depth=1, heads=2),
-    "tiny": ASTConfig(dim=96, depth=4, heads=4),
-    "small": ASTConfig(dim=192, depth=12, heads=3),
+    "nano": ASTConfig(dim=96, depth=4, heads=4),
+    "tiny": ASTConfig(dim=192, depth=12, heads=3),
+    "small": ASTConfig(dim=384, depth=12, heads=6),
     "base": ASTConfig(dim=768, depth=12, heads=12, fstride=10, tstride=10),
 }
 
@@ -103,19 +107,40 @@ class DropPath(nn.Module):
         return x * keep / (1.0 - self.p)
 
 
+class Mlp(nn.Module):
+    """Feed-forward: fc1 -> GELU -> fc2 (timm/AST naming, so original checkpoints map by name)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class PatchEmbed(nn.Module):
+    """16x16 patches of the (batch, 1, mels, frames) image, linearly embedded by a strided conv."""
+
+    def __init__(self, cfg: ASTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(1, cfg.dim, cfg.patch_size, stride=(cfg.fstride, cfg.tstride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
 
     def __init__(self, cfg: ASTConfig) -> None:
         super().__init__()
-        hidden = int(cfg.dim * cfg.mlp_ratio)
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.attn = Attention(cfg.dim, cfg.heads, cfg.dropout)
-        self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Dropout(cfg.dropout),
-            nn.Linear(hidden, cfg.dim), nn.Dropout(cfg.dropout),
-        )
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dropout)
         self.drop_path = DropPath(cfg.drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,13 +154,13 @@ class AST(nn.Module):
     def __init__(self, cfg: ASTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = nn.Conv2d(1, cfg.dim, cfg.patch_size, stride=(cfg.fstride, cfg.tstride))
+        self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.n_patches + 2, cfg.dim))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.head = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, cfg.n_classes))
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.head = nn.Sequential(nn.LayerNorm(cfg.dim, eps=cfg.head_norm_eps), nn.Linear(cfg.dim, cfg.n_classes))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -150,7 +175,7 @@ class AST(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled embedding (mean of cls and dist tokens) of a (batch, frames, mels) input."""
         x = x.unsqueeze(1).transpose(2, 3)  # (batch, 1, mels, frames): frequency is the image height
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = self.patch_embed(x)
         b = x.shape[0]
         x = torch.cat([self.cls_token.expand(b, -1, -1), self.dist_token.expand(b, -1, -1), x], dim=1)
         x = x + self.pos_embed
@@ -163,6 +188,55 @@ class AST(nn.Module):
         return self.head(self.embed(x))
 
 
+#: Renames of state-dict keys written before the timm-style module names (checkpoint version 1 files).
+_LEGACY_KEYS = ((".mlp.0.", ".mlp.fc1."), (".mlp.3.", ".mlp.fc2."))
+
+
+def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map keys of older stethoedge checkpoints (Sequential MLP, bare patch conv) to the current names."""
+    out = {}
+    for key, value in state.items():
+        for old, new in _LEGACY_KEYS:
+            key = key.replace(old, new)
+        if key in ("patch_embed.weight", "patch_embed.bias"):
+            key = key.replace("patch_embed.", "patch_embed.proj.")
+        out[key] = value
+    return out
+
+
+def interpolate_pos_embed(pos: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int],
+                          n_special: int = 2) -> torch.Tensor:
+    """Resize (1, n_special + F*T, dim) positional embeddings from one patch grid to another (bilinear).
+
+    Used when a checkpoint was trained on another input length (AudioSet AST: 1024 frames) or
+    another stride; the cls/dist embeddings are kept as they are.
+    """
+    if tuple(src_grid) == tuple(dst_grid):
+        return pos
+    special, grid = pos[:, :n_special], pos[:, n_special:]
+    f, t = src_grid
+    if grid.shape[1] != f * t:
+        raise ValueError(f"positional embedding has {grid.shape[1]} patch positions, grid {f}x{t} needs {f * t}")
+    dim = grid.shape[-1]
+    image = grid.reshape(1, f, t, dim).permute(0, 3, 1, 2)
+    image = torch.nn.functional.interpolate(image, size=tuple(dst_grid), mode="bilinear", align_corners=False)
+    return torch.cat([special, image.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of (trainable) parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def gflops_per_window(model: nn.Module, batch: int = 1) -> float:
+    """Forward GFLOPs for one (n_frames, n_mels) window, counted by torch.utils.flop_counter (matmul/conv)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = model.cfg
+    x = torch.zeros(batch, cfg.n_frames, cfg.n_mels)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() / batch / 1e9

@@ -66,6 +66,14 @@ class SAM(torch.optim.Optimizer):
         if zero_grad:
             self.zero_grad()
 
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Return every perturbed weight to w without stepping (AMP path: the scaler steps the base optimizer)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "old_p" in self.state[p]:
+                    p.data = self.state[p].pop("old_p")
+
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> None:  # type: ignore[override]
         """Finish a SAM step after a first forward/backward; ``closure`` re-runs forward + backward."""
         if closure is None:
@@ -75,7 +83,14 @@ class SAM(torch.optim.Optimizer):
         closure()
         self.second_step()
 
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """The base optimizer's state (moments, step counts) and SAM's groups (rho, adaptive)."""
+        return {"base": self.base_optimizer.state_dict(),
+                "sam_groups": [{"rho": g["rho"], "adaptive": g["adaptive"]} for g in self.param_groups]}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore, keeping the base optimizer's param groups shared."""
-        super().load_state_dict(state_dict)
-        self.base_optimizer.param_groups = self.param_groups
+        """Restore the base optimizer's state, keeping the param groups shared with it."""
+        self.base_optimizer.load_state_dict(state_dict["base"])
+        self.param_groups = self.base_optimizer.param_groups
+        for group, extra in zip(self.param_groups, state_dict.get("sam_groups", [])):
+            group.update(extra)
