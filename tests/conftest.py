@@ -48,14 +48,26 @@ def trained_run(sim_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="session")
 def bundle_dir(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``trained_run`` exported to a verified bundle."""
+    """``trained_run`` exported to a verified bundle (the two cheap ONNX artifacts; tests/test_export_formats.py
+    builds every format once for itself)."""
     from stethoedge.export.exporter import export_run
 
     out = tmp_path_factory.mktemp("bundle") / "bundle"
-    export_run(trained_run, out, max_windows=24, allow_degraded=True)
+    export_run(trained_run, out, max_windows=24, allow_degraded=True, formats=["onnx-fp32", "onnx-int8-dynamic"])
     return out
 
 
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one torch thread (and leave the other core to the rest of CI)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
