@@ -53,6 +53,7 @@ EXPORT = [
     "onnx>=1.16", "onnxruntime>=1.17", "onnxscript>=0.1",
     "litert-torch==0.10.0",  # PyTorch -> LiteRT (.tflite) directly; brings jax and ai-edge-quantizer
     "polygraphy>=0.49",  # ONNX lint before TensorRT builds on the target
+    "onnx-graphsurgeon>=0.5",  # needed by `polygraphy check lint`
 ] + TFLITE
 DEV = ["pytest>=8", "hypothesis>=6.100", "kaldi-native-fbank>=1.20"]
 

@@ -1,28 +1,35 @@
 """``export_run``: a training run -> a verified bundle directory (written atomically).
 
-Artifacts: ``onnx-fp32`` (model.onnx) and ``onnx-int8-dynamic`` (model.int8.onnx). Each is run by
-ONNX Runtime on held-out windows of the run's test split and gated against PyTorch; the bundle's
-self-test vector (real windows, their torch features and PyTorch logits) lets every device check
-its front end and interpreter at start-up.
+Artifacts (export/formats.py): ONNX fp32 / fp16 / int8-dynamic / int8-static (QDQ on
+MatMul/Conv/Gemm) and TFLite fp32 / fp16 / int8-dynamic / int8 through litert-torch. Static INT8
+is calibrated on ONE representative set (class-balanced windows of the run's training split,
+calibration/representative_set.py). Every artifact is run by its real runtime (ONNX Runtime,
+the LiteRT interpreter) on held-out test-split windows and gated against PyTorch
+(export/verify.py); the bundle's self-test vector lets every device re-check at start-up.
+TensorRT engines are built on the target from the bundle (export/tensorrt_build.py).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from stethoedge.calibration.window_set import WindowSet, build_window_set
-from stethoedge.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, quantize_int8_dynamic
+from stethoedge.calibration.window_set import WindowSet, balanced_indices, build_window_set
+from stethoedge.export.formats import KINDS, ArtifactKind, resolve_formats
+from stethoedge.export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from stethoedge.export.report import render_report
 from stethoedge.export.verify import Gate, pick_selftest, verify_artifact
 from stethoedge.runtime.bundle import (
     SCHEMA, SCHEMA_VERSION, SELFTEST_NAME, atomic_write_text, load_bundle, sha256_file, write_manifest,
@@ -33,11 +40,13 @@ from stethoedge.train.dataset import fbank_batches
 from stethoedge.train.icbhi import list_recordings
 from stethoedge.train.model import count_parameters
 
-#: name -> (file, precision, self-test tolerance floor in logits)
-ONNX_ARTIFACTS = {
-    "onnx-fp32": ("model.onnx", "fp32", 1e-3),
-    "onnx-int8-dynamic": ("model.int8.onnx", "int8-dynamic", 5e-2),
-}
+log = logging.getLogger(__name__)
+CALIBRATION_NAME = "calibration.npz"
+#: PT2E's HistogramObserver costs ~1.5 s per window on the 5.5 M student (2 cores); the TFLite
+#: static int8 calibrates on a class-balanced subset of the representative set of at most this size.
+TFLITE_CALIBRATION_MAX = 64
+#: Kept for callers of the first version: the two ONNX artifacts it built.
+ONNX_ARTIFACTS = {n: (KINDS[n].file, KINDS[n].precision, KINDS[n].tolerance) for n in ("onnx-fp32", "onnx-int8-dynamic")}
 
 
 @dataclass
@@ -51,7 +60,8 @@ class ExportResult:
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("stethoedge", "torch", "onnx", "onnxruntime", "numpy", "scipy"):
+    for pkg in ("stethoedge", "torch", "onnx", "onnxruntime", "numpy", "scipy", "litert-torch", "ai-edge-litert",
+                "ai-edge-quantizer"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -79,18 +89,6 @@ def heldout_windows(run: Path, spec, data: str | None, max_windows: int, seed: i
     raise DataError(f"{root}: none of the run's test or validation recordings were found")
 
 
-def _report(manifest: dict[str, Any]) -> str:
-    lines = [f"# Export report: {manifest['source']['run']}", "", f"created {manifest['created']}", "",
-             "| artifact | status | size MB | windows | top-1 agreement | max logit diff | Score delta |",
-             "|---|---|---|---|---|---|---|"]
-    for art in manifest["artifacts"]:
-        v = art["verification"]
-        delta = f"{100 * v['score_delta']:+.1f} pt" if "score_delta" in v else "n/a"
-        lines.append(f"| {art['name']} | {art['status']} | {art['size_bytes'] / 1e6:.2f} | {v['windows']} | "
-                     f"{100 * v['top1_agreement']:.1f} % | {v['max_logit_diff']:.2e} | {delta} |")
-    return "\n".join(lines) + "\n"
-
-
 def _install(tmp: Path, out: Path, force: bool) -> None:
     """Move the finished bundle into place; an existing one is replaced only with ``force``."""
     if out.exists():
@@ -104,13 +102,96 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
         os.replace(tmp, out)
 
 
+def _build(kind: ArtifactKind, model: torch.nn.Module, tmp: Path, input_shape: tuple[int, int],
+           calibration: tuple[np.ndarray, np.ndarray] | None) -> Path:
+    """Write one artifact file into ``tmp`` (``calibration``: representative features and labels)."""
+    path = tmp / kind.file
+    if kind.format == "onnx":
+        from stethoedge.export import onnx_export
+
+        fp32 = tmp / KINDS["onnx-fp32"].file
+        if kind.precision != "fp32" and not fp32.is_file():
+            onnx_export.export_onnx(model, fp32, input_shape)
+        if kind.precision == "fp32":
+            return fp32 if fp32.is_file() else onnx_export.export_onnx(model, fp32, input_shape)
+        if kind.precision == "fp16":
+            return onnx_export.convert_fp16(fp32, path)
+        if kind.precision == "int8-dynamic":
+            return onnx_export.quantize_int8_dynamic(fp32, path)
+        from stethoedge.calibration.ort_reader import WindowSetReader
+
+        return onnx_export.quantize_int8_static(fp32, path, WindowSetReader(calibration[0], INPUT_NAME))
+    if kind.format == "tflite":
+        from stethoedge.export.tflite_export import export_tflite
+
+        if calibration is not None and kind.calibrated and len(calibration[0]) > TFLITE_CALIBRATION_MAX:
+            calibration = (calibration[0][balanced_indices(calibration[1], TFLITE_CALIBRATION_MAX)], calibration[1])
+
+        return export_tflite(model, path, input_shape, kind.precision,
+                             calibration=calibration[0] if calibration is not None else None,
+                             fp32_file=tmp / KINDS["tflite-fp32"].file)
+    raise StethoedgeError(f"{kind.name}: TensorRT engines are built on the target; "
+                          "copy the bundle there and run: stethoedge build-engine BUNDLE --precision "
+                          + kind.precision)
+
+
+def _calibrated_on(kind: ArtifactKind, rep: WindowSet | None) -> str | None:
+    if not kind.calibrated or rep is None:
+        return None
+    n = min(len(rep), TFLITE_CALIBRATION_MAX) if kind.format == "tflite" else len(rep)
+    return f"{n} windows of the representative set"
+
+
+def artifact_runner(fmt: str, path: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``features -> logits`` through the artifact's real runtime (ONNX Runtime / LiteRT interpreter)."""
+    if fmt == "onnx":
+        from stethoedge.runtime.backends.onnxruntime_backend import OnnxModel
+
+        return OnnxModel(path, threads=threads, providers=["CPUExecutionProvider"]).run
+    if fmt == "tflite":
+        from stethoedge.runtime.backends.litert_backend import TFLiteModel
+
+        return TFLiteModel(path, threads=threads).run
+    raise StethoedgeError(f"no runner for {fmt} artifacts at export time")
+
+
+def _verify(kind: ArtifactKind, path: Path, features: np.ndarray, reference: np.ndarray, labels: np.ndarray,
+            chosen: np.ndarray, gate: Gate) -> dict[str, Any]:
+    run_fn = artifact_runner(kind.format, path)
+    result = verify_artifact(run_fn, features, reference, labels, gate)
+    st_logits = run_fn(features[chosen])
+    st_diff = float(np.max(np.abs(st_logits - reference[chosen])))
+    result["selftest_max_logit_diff"] = st_diff
+    result["selftest_top1_ok"] = bool(np.all(st_logits.argmax(1) == reference[chosen].argmax(1)))
+    return result
+
+
+def _save_calibration(tmp: Path, rep: WindowSet, keep: int) -> dict[str, Any]:
+    """The representative set's first ``keep`` windows (fp16 features) for TensorRT INT8 on the target."""
+    idx = np.arange(min(keep, len(rep)))
+    path = tmp / CALIBRATION_NAME
+    with open(path, "wb") as f:
+        np.savez_compressed(f, features=rep.features[idx].astype(np.float16), labels=rep.labels[idx],
+                            provenance=np.array(json.dumps(rep.provenance)))
+    return {"file": CALIBRATION_NAME, "sha256": sha256_file(path), "windows": int(len(idx)),
+            "representative_windows": len(rep), "class_counts": rep.provenance.get("class_counts"),
+            "provenance": rep.provenance}
+
+
 def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None = None, max_windows: int = 64,
                selftest_windows: int = 4, gate: Gate = Gate(), allow_degraded: bool = False, force: bool = False,
-               seed: int = 0) -> ExportResult:
-    """Export a run's checkpoint to a verified bundle at ``out``."""
-    import onnxruntime as ort
+               seed: int = 0, formats: str | list[str] | None = None, calibration_windows: int = 300,
+               bundle_calibration_windows: int = 32, calibration_set: str | os.PathLike | None = None) -> ExportResult:
+    """Export a run's checkpoint to a verified bundle at ``out``.
 
+    ``formats``: artifact names (or "all", the default: everything this machine can build).
+    Static INT8 artifacts are calibrated on ``calibration_set`` (a saved WindowSet) or on
+    ``calibration_windows`` class-balanced windows of the run's training split.
+    """
     run, out = Path(run), Path(out)
+    names = resolve_formats(formats)
+    if out.exists() and not force:  # fail before minutes of conversion, not after
+        raise StethoedgeError(f"{out} already exists; pass --force to replace it")
     ckpt = load_checkpoint(run)
     spec = ckpt.spec
     held = heldout_windows(run, spec, data, max_windows, seed)
@@ -119,6 +200,16 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
     with torch.no_grad():
         reference = ckpt.model(torch.from_numpy(torch_features)).numpy().astype(np.float64)
     chosen = pick_selftest(reference, selftest_windows)
+    rep = None
+    if any(KINDS[n].calibrated for n in names):
+        if calibration_set is not None:
+            rep = WindowSet.load(calibration_set)
+        else:
+            from stethoedge.calibration.representative_set import representative_set_for_run
+
+            rep = representative_set_for_run(run, spec, data, calibration_windows, seed)
+        if set(rep.provenance.get("recordings", [])) & set(held.provenance.get("recordings", [])):
+            raise DataError("the representative set shares recordings with the verification windows")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -126,46 +217,64 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
     try:
         np.savez(tmp / SELFTEST_NAME, audio=held.audio[chosen], features=torch_features[chosen],
                  logits=reference[chosen].astype(np.float32))
-        export_onnx(ckpt.model, tmp / ONNX_ARTIFACTS["onnx-fp32"][0], spec.input_shape)
-        quantize_int8_dynamic(tmp / ONNX_ARTIFACTS["onnx-fp32"][0], tmp / ONNX_ARTIFACTS["onnx-int8-dynamic"][0])
-        artifacts = []
-        for name, (file, precision, tol_floor) in ONNX_ARTIFACTS.items():
-            session = ort.InferenceSession(str(tmp / file), providers=["CPUExecutionProvider"])
-            run_fn = lambda x, s=session: s.run(None, {INPUT_NAME: x.astype(np.float32)})[0]  # noqa: E731
-            result = verify_artifact(run_fn, torch_features, reference, held.labels, gate)
-            st_logits = run_fn(torch_features[chosen])
-            st_diff = float(np.max(np.abs(st_logits - reference[chosen])))
-            st_ok = bool(np.all(st_logits.argmax(1) == reference[chosen].argmax(1)))
-            result["selftest_max_logit_diff"] = st_diff
-            passed = result["passed"] and st_ok
+        artifacts, failed = [], []
+        for name in names:
+            kind = KINDS[name]
+            t0 = time.perf_counter()
+            try:
+                path = _build(kind, ckpt.model, tmp, spec.input_shape,
+                              (rep.features, rep.labels) if rep is not None else None)
+                seconds = time.perf_counter() - t0
+                result = _verify(kind, path, torch_features, reference, held.labels, chosen, gate)
+            except Exception as exc:  # a converter failing must not sink the other formats
+                log.debug("building %s failed:\n%s", name, traceback.format_exc())
+                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                failed.append({"name": name, "format": kind.format, "precision": kind.precision, "status": "failed",
+                               "reason": reason[:500]})
+                (tmp / kind.file).unlink(missing_ok=True)
+                continue
+            passed = result["passed"] and result["selftest_top1_ok"]
             artifacts.append({
-                "name": name, "file": file, "format": "onnx", "precision": precision,
-                "sha256": sha256_file(tmp / file), "size_bytes": (tmp / file).stat().st_size,
-                "tolerance": max(tol_floor, 4.0 * st_diff), "status": "passed" if passed else "failed-verification",
-                "verification": result,
+                "name": name, "file": kind.file, "format": kind.format, "precision": kind.precision,
+                "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
+                "tolerance": max(kind.tolerance, 4.0 * result["selftest_max_logit_diff"]),
+                "status": "passed" if passed else "failed-verification",
+                "calibrated_on": _calibrated_on(kind, rep),
+                "export_seconds": round(seconds, 2), "verification": result,
             })
         passed = [a["name"] for a in artifacts if a["status"] == "passed"]
+        if not artifacts:
+            raise StethoedgeError("no artifact could be built: " + "; ".join(f"{f['name']}: {f['reason']}" for f in failed))
         if not passed and not allow_degraded:
             raise StethoedgeError(
                 "every artifact failed verification against PyTorch: "
                 + "; ".join(f"{a['name']}: agreement {a['verification']['top1_agreement']:.1%}" for a in artifacts)
                 + " (re-run with --allow-degraded to write it anyway)"
             )
-        default = "onnx-int8-dynamic" if "onnx-int8-dynamic" in passed else (passed[0] if passed else artifacts[0]["name"])
+        preference = ["onnx-int8-dynamic", "onnx-fp32", *KINDS]
+        default = next((n for n in preference if n in passed), artifacts[0]["name"])
         manifest = {
             "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "labels": list(ckpt.labels), "feature_spec": spec.to_dict(),
             "input": {"name": INPUT_NAME, "shape": [None, *spec.input_shape], "dtype": "float32"},
             "output": {"name": OUTPUT_NAME, "shape": [None, len(ckpt.labels)], "dtype": "float32", "kind": "logits"},
-            "artifacts": artifacts, "default_artifact": default,
+            "artifacts": artifacts, "failed_artifacts": failed, "default_artifact": default,
             "selftest": {"file": SELFTEST_NAME, "sha256": sha256_file(tmp / SELFTEST_NAME), "windows": int(len(chosen))},
             "model": {"architecture": "AST", "config": ckpt.config.to_dict(), "parameters": count_parameters(ckpt.model)},
             "source": {"run": str(run.resolve()), "checkpoint_epoch": ckpt.meta.get("epoch"),
                        "verification_set": held.provenance},
+            "gate": {"min_agreement": gate.min_agreement, "max_score_drop": gate.max_score_drop,
+                     "allow_degraded": allow_degraded},
             "versions": _versions(),
         }
+        if rep is not None and bundle_calibration_windows > 0:
+            manifest["calibration"] = _save_calibration(tmp, rep, bundle_calibration_windows)
+        keep = {a["file"] for a in artifacts} | {SELFTEST_NAME, CALIBRATION_NAME}
+        for stray in tmp.iterdir():  # e.g. the fp32 ONNX a quantizer started from, when not requested
+            if stray.name not in keep:
+                stray.unlink()
         write_manifest(tmp, manifest)
-        report = _report(manifest)
+        report = render_report(manifest)
         atomic_write_text(tmp / "export_report.md", report)
         load_bundle(tmp)  # the bundle must load with the runtime's own checks before it is installed
         _install(tmp, out, force)

@@ -26,7 +26,10 @@ from stethoedge.runtime.errors import BundleError
 from stethoedge.runtime.feature_spec import FeatureSpec
 
 SCHEMA = "stethoedge.bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this runtime reads. Version 2 added the "failed" status (+ reason), optional
+#: per-artifact "engine" (TensorRT build environment), "failed_artifacts" and "calibration".
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 SELFTEST_NAME = "selftest.npz"
 #: Maximum abs difference between numpy features and the training (torch) features of the
@@ -55,6 +58,10 @@ _ARTIFACT_REQUIRED: dict[str, type | tuple[type, ...]] = {
     "status": str,
 }
 ARTIFACT_STATUSES = ("passed", "failed-verification")
+#: Artifacts that could not be built at all are listed under "failed_artifacts" with
+#: status "failed" and a reason (they have no file).
+#: Artifact formats this runtime knows how to open.
+FORMATS = ("onnx", "tflite", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ class Artifact:
     tolerance: float  # max abs logit difference to the self-test's expected logits
     status: str
     verification: dict[str, Any]
+    engine: dict[str, Any] | None = None  # TensorRT: the versions the engine was built with
 
 
 @dataclass(frozen=True)
@@ -134,10 +142,10 @@ def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> None:
     if manifest.get("schema") != SCHEMA:
         raise BundleError(f"{where}: not a stethoedge bundle manifest (schema {manifest.get('schema')!r})")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in SUPPORTED_SCHEMA_VERSIONS or isinstance(version, bool):
         raise BundleError(
             f"{where}: bundle schema version {version!r} is not supported by this runtime "
-            f"(supports {SCHEMA_VERSION}); re-export the model or upgrade stethoedge"
+            f"(supports {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); re-export the model or upgrade stethoedge"
         )
     _check_types(manifest, _REQUIRED, where)
     if not manifest["artifacts"]:
@@ -149,9 +157,24 @@ def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> None:
         _check_types(art, _ARTIFACT_REQUIRED, f"{where}: artifacts[{i}]")
         if art["status"] not in ARTIFACT_STATUSES:
             raise BundleError(f"{where}: artifacts[{i}] has unknown status {art['status']!r}")
+        if art["format"] not in FORMATS:
+            raise BundleError(f"{where}: artifacts[{i}] has unknown format {art['format']!r}")
+        if not isinstance(art.get("verification", {}), dict):
+            raise BundleError(f"{where}: artifacts[{i}] verification must be an object")
+        if art["format"] == "tensorrt" and not isinstance(art.get("engine"), dict):
+            raise BundleError(f"{where}: artifacts[{i}] is a TensorRT engine without its 'engine' versions entry")
+        if not (isinstance(art["sha256"], str) and len(art["sha256"]) == 64):
+            raise BundleError(f"{where}: artifacts[{i}] sha256 must be 64 hex digits")
+        if art["name"] in names:
+            raise BundleError(f"{where}: artifact name {art['name']!r} appears twice")
         if Path(art["file"]).name != art["file"]:
             raise BundleError(f"{where}: artifacts[{i}] file {art['file']!r} must be a plain file name")
         names.add(art["name"])
+    failed = manifest.get("failed_artifacts", [])
+    if not isinstance(failed, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("reason"), str) for f in failed
+    ):
+        raise BundleError(f"{where}: failed_artifacts must be a list of objects with a name and a reason")
     if manifest["default_artifact"] not in names:
         raise BundleError(f"{where}: default_artifact {manifest['default_artifact']!r} is not among the artifacts")
     if not all(isinstance(x, str) for x in manifest["labels"]) or len(manifest["labels"]) < 2:
@@ -188,14 +211,22 @@ def load_selftest(path: Path, spec: FeatureSpec, n_classes: int) -> SelfTest:
     return SelfTest(**arrays)
 
 
-def load_bundle(path: str | os.PathLike) -> Bundle:
-    """Load and verify a bundle directory: schema, sha256 of every file, self-test shapes."""
+def load_bundle(path: str | os.PathLike, require_signature: str | os.PathLike | None = None) -> Bundle:
+    """Load and verify a bundle directory: schema, sha256 of every file, self-test shapes.
+
+    ``require_signature``: path of an Ed25519 public key (PEM); the bundle must then carry a
+    valid signature of its manifest by that key (see ``stethoedge.runtime.signing``).
+    """
     root = Path(path)
     if not root.is_dir():
         raise BundleError(f"{root}: not a bundle directory")
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise BundleError(f"{root}: no {MANIFEST_NAME}; not a stethoedge bundle")
+    if require_signature is not None:
+        from stethoedge.runtime.signing import verify_bundle
+
+        verify_bundle(root, require_signature)
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -214,6 +245,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             name=art["name"], file=art["file"], format=art["format"], precision=art["precision"],
             sha256=art["sha256"], size_bytes=art["size_bytes"], tolerance=float(art["tolerance"]),
             status=art["status"], verification=dict(art.get("verification", {})),
+            engine=art.get("engine"),
         )
     st = manifest["selftest"]
     if not isinstance(st.get("file"), str) or not isinstance(st.get("sha256"), str):

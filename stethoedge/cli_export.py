@@ -1,13 +1,28 @@
-"""Export-side subcommands: export, bench."""
+"""Export-side subcommands: export, bench, keygen, sign, verify, build-engine."""
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from stethoedge.cli_common import AddCommand
-from stethoedge.cli_common import positive_float as _positive_float
 from stethoedge.cli_common import positive_int as _positive_int
+
+
+def _thread_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of positive integers, got {text}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of positive integers, got {text}")
+    return values
+
+
+def _nonneg_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -16,36 +31,129 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export_run(args.run, args.out, data=args.data, max_windows=args.windows,
                         gate=Gate(args.min_agreement, args.max_score_drop), allow_degraded=args.allow_degraded,
-                        force=args.force)
+                        force=args.force, formats=args.formats, calibration_windows=args.calibration_windows,
+                        bundle_calibration_windows=args.bundle_calibration_windows,
+                        calibration_set=args.calibration_set)
     print(result.report)
     print(f"bundle written to {result.bundle} (default artifact: {result.manifest['default_artifact']})")
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from stethoedge.runtime.bench import bench_bundle, format_bench_table
+def _labelled_windows(data: str, spec, max_windows: int):
+    from stethoedge.calibration.window_set import build_window_set
+    from stethoedge.train.icbhi import list_recordings
 
-    rows = bench_bundle(args.bundle, threads=args.threads, runs=args.runs)
+    ws = build_window_set(list_recordings(data), spec, max_windows=max_windows, purpose="benchmark")
+    return ws.audio, ws.labels
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from stethoedge.runtime.bench import (
+        bench_bundle, format_bench_table, format_sustained, sustained_bench, write_outputs,
+    )
+    from stethoedge.runtime.bundle import load_bundle
+
+    audio = labels = scorer = None
+    if args.data:
+        from stethoedge.train.metrics import evaluate
+
+        audio, labels = _labelled_windows(args.data, load_bundle(args.bundle).spec, args.data_windows)
+        scorer = lambda y, p: evaluate(y, p)["score"]  # noqa: E731
+    rows = bench_bundle(args.bundle, threads=args.threads, runs=args.runs, audio=audio, labels=labels, scorer=scorer,
+                        artifacts=args.artifact or None)
     print(format_bench_table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    write_outputs(rows, args.json, args.csv, args.png)
+    if args.sustained:
+        threads = args.threads[0] if args.threads else None
+        result = sustained_bench(args.bundle, args.sustained, artifact=(args.artifact or [None])[0], threads=threads)
+        print(format_sustained(result))
+        if args.json:
+            from pathlib import Path
+
+            Path(args.json).write_text(json.dumps({"rows": rows, "sustained": result}, indent=2) + "\n")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from stethoedge.runtime.signing import generate_keypair
+
+    generate_keypair(args.private, args.public)
+    print(f"private key {args.private} (keep it off the devices), public key {args.public} (install on devices)")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from stethoedge.runtime.bundle import load_bundle
+    from stethoedge.runtime.signing import sign_bundle
+
+    load_bundle(args.bundle)  # sign only a bundle that verifies
+    print(f"signed: {sign_bundle(args.bundle, args.key)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from stethoedge.runtime.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle, require_signature=args.key)
+    print(f"{args.bundle}: signature by {args.key} valid; manifest and {len(bundle.artifacts)} artifact files verified")
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from stethoedge.export.tensorrt_build import build_engine
+
+    entry = build_engine(args.bundle, args.precision, max_batch=args.max_batch, use_trtexec=args.trtexec)
+    print(json.dumps(entry, indent=2))
     return 0
 
 
 def register(add: AddCommand) -> None:
     """Add this module's subcommands to the parser."""
-    p = add("export", cmd_export, "Export a run to a verified bundle: ONNX fp32 + dynamic INT8, manifest, self-test.")
+    p = add("export", cmd_export, "Export a run to a verified bundle: ONNX/TFLite in every precision, gate, manifest, self-test.")
     p.add_argument("run", help="training run directory")
     p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--formats", default="all",
+                   help="comma-separated artifacts (onnx-fp32, onnx-fp16, onnx-int8-dynamic, onnx-int8-static, "
+                        "tflite-fp32, tflite-fp16, tflite-int8-dynamic, tflite-int8; aliases onnx, tflite) or all "
+                        "(default: all this machine can build)")
     p.add_argument("--data", default=None, help="dataset root, if it moved since training")
     p.add_argument("--windows", type=_positive_int, default=64, help="held-out windows for verification (default 64)")
+    p.add_argument("--calibration-windows", type=_positive_int, default=300,
+                   help="representative-set windows for static INT8 (default 300; fewer warns)")
+    p.add_argument("--calibration-set", default=None, help="use this saved representative set (.npz) instead")
+    p.add_argument("--bundle-calibration-windows", type=int, default=32,
+                   help="representative windows shipped in the bundle for TensorRT INT8 on the target (0: none)")
     p.add_argument("--min-agreement", type=float, default=0.98, help="gate: minimum top-1 agreement with PyTorch")
     p.add_argument("--max-score-drop", type=float, default=0.01, help="gate: maximum ICBHI Score drop (0.01 = 1 pt)")
     p.add_argument("--allow-degraded", action="store_true", help="write the bundle even if every artifact fails the gate")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
 
-    p = add("bench", cmd_bench, "Latency of every artifact in a bundle (features + inference per window).")
+    p = add("bench", cmd_bench, "Benchmark every artifact of a bundle (features + inference per 8 s window).")
     p.add_argument("bundle")
-    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--threads", type=_thread_list, default=None, help="thread counts, e.g. 1,2,4 (default: runtime's)")
     p.add_argument("--runs", type=_positive_int, default=30, help="timed windows per artifact (after 3 warm-up)")
+    p.add_argument("--artifact", action="append", default=None, help="only this artifact (repeatable)")
+    p.add_argument("--data", default=None, help="labelled data directory: agreement with fp32 and Score on its windows")
+    p.add_argument("--data-windows", type=_positive_int, default=64, help="windows taken from --data (default 64)")
+    p.add_argument("--sustained", type=_nonneg_float, default=0.0, help="also run back to back for S seconds (drift, temperature)")
     p.add_argument("--json", default=None, help="also write the rows as JSON")
+    p.add_argument("--csv", default=None, help="also write the rows as CSV")
+    p.add_argument("--png", default=None, help="also write a bar chart of p50/p95 latency")
+
+    p = add("keygen", cmd_keygen, "Create an Ed25519 key pair for signing bundles.")
+    p.add_argument("private", help="private key file to create (PEM)")
+    p.add_argument("public", help="public key file to create (PEM)")
+
+    p = add("sign", cmd_sign, "Sign a bundle's manifest with an Ed25519 private key (writes manifest.sig).")
+    p.add_argument("bundle")
+    p.add_argument("--key", required=True, help="Ed25519 private key (PEM)")
+
+    p = add("verify", cmd_verify, "Check a bundle's files and its signature by an Ed25519 public key.")
+    p.add_argument("bundle")
+    p.add_argument("--key", required=True, help="Ed25519 public key (PEM)")
+
+    p = add("build-engine", cmd_build_engine, "On the target (Jetson): build a TensorRT engine from the bundle's ONNX.")
+    p.add_argument("bundle")
+    p.add_argument("--precision", choices=["fp16", "int8"], default="fp16")
+    p.add_argument("--max-batch", type=_positive_int, default=8)
+    p.add_argument("--trtexec", action="store_true", help="build with trtexec instead of the TensorRT Python API")

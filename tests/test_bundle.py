@@ -52,7 +52,7 @@ def test_missing_file_is_refused(bundle_copy: Path):
         load_bundle(bundle_copy)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", None, True])
 def test_unknown_schema_version_is_refused(bundle_copy: Path, version):
     _edit_manifest(bundle_copy, lambda m: m.__setitem__("schema_version", version))
     with pytest.raises(BundleError, match="schema version"):
@@ -103,3 +103,24 @@ def test_feature_drift_is_refused(bundle_copy: Path):
     _rewrite_selftest(bundle_copy, features=bundle.selftest.features + 1e-3)
     with pytest.raises(BundleError, match="features differ from training"):
         Classifier.open(bundle_copy, allow_degraded=True)
+
+
+def test_schema_version_1_bundles_still_load(bundle_copy: Path):
+    _edit_manifest(bundle_copy, lambda m: m.__setitem__("schema_version", 1))
+    assert load_bundle(bundle_copy).manifest["schema_version"] == 1
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["artifacts"][0].__setitem__("format", "coreml"), "unknown format 'coreml'"),
+    (lambda m: m["artifacts"][1].__setitem__("name", m["artifacts"][0]["name"]), "appears twice"),
+    (lambda m: m["artifacts"][0].__setitem__("sha256", "abc"), "64 hex digits"),
+    (lambda m: m["artifacts"][0].__setitem__("status", "failed"), "unknown status"),
+    (lambda m: m["artifacts"][0].__setitem__("verification", []), "verification must be an object"),
+    (lambda m: m.__setitem__("failed_artifacts", [{"name": "tflite-int8"}]), "failed_artifacts must be"),
+    (lambda m: m["artifacts"][0].pop("sha256"), "missing key 'sha256'"),
+    (lambda m: m.__setitem__("default_artifact", "tflite-fp32"), "not among the artifacts"),
+])
+def test_schema_violations_are_refused(bundle_copy: Path, edit, message):
+    _edit_manifest(bundle_copy, edit)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_copy)

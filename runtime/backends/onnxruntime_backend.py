@@ -1,6 +1,8 @@
 """ONNX Runtime backend (CPU; CUDA / TensorRT execution providers when the installed build has them)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from stethoedge.runtime.bundle import Artifact, Bundle
@@ -10,19 +12,21 @@ from stethoedge.runtime.errors import BackendError
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class OnnxRuntimeBackend:
-    """One InferenceSession over an ONNX artifact."""
+INSTALL = ("pip install onnxruntime (aarch64 wheels on PyPI for Pi OS 64-bit); on a Jetson the "
+           "onnxruntime-gpu wheel for your JetPack adds the CUDA and TensorRT execution providers")
+
+
+class OnnxModel:
+    """One InferenceSession over an ONNX file (CPU, or CUDA/TensorRT providers when the build has them)."""
 
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, artifact: Artifact, threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise BackendError("onnxruntime is not installed: pip install 'stethoedge[runtime]'") from exc
-        if artifact.format != "onnx":
-            raise BackendError(f"artifact {artifact.name} is {artifact.format}, not onnx")
+            raise BackendError(f"onnxruntime is not installed: {INSTALL}") from exc
+        self.file = Path(path).name
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -30,11 +34,10 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3
         available = ort.get_available_providers()
         chosen = providers or [p for p in PROVIDER_PREFERENCE if p in available]
-        self.artifact = artifact
         try:
-            self.session = ort.InferenceSession(str(bundle.path_of(artifact)), options, providers=chosen)
+            self.session = ort.InferenceSession(str(path), options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise BackendError(f"onnxruntime could not load {artifact.file}: {str(exc).splitlines()[0]}") from None
+            raise BackendError(f"onnxruntime could not load {self.file}: {str(exc).splitlines()[0]}") from None
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
 
@@ -43,4 +46,15 @@ class OnnxRuntimeBackend:
         try:
             return self.session.run(None, {self.input_name: np.ascontiguousarray(features, dtype=np.float32)})[0]
         except Exception as exc:
-            raise BackendError(f"onnxruntime failed on {self.artifact.file}: {str(exc).splitlines()[0]}") from None
+            raise BackendError(f"onnxruntime failed on {self.file}: {str(exc).splitlines()[0]}") from None
+
+
+class OnnxRuntimeBackend(OnnxModel):
+    """A bundle's ONNX artifact on ONNX Runtime."""
+
+    def __init__(self, bundle: Bundle, artifact: Artifact, threads: int | None = None,
+                 providers: list[str] | None = None) -> None:
+        if artifact.format != "onnx":
+            raise BackendError(f"artifact {artifact.name} is {artifact.format}, not onnx")
+        super().__init__(bundle.path_of(artifact), threads, providers)
+        self.artifact = artifact
