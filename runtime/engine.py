@@ -10,13 +10,14 @@ import numpy as np
 
 from stethoedge.runtime.backends import Backend, open_backend
 from stethoedge.runtime.bundle import Bundle, load_bundle
-from stethoedge.runtime.errors import AudioError
+from stethoedge.runtime.errors import BundleError
 from stethoedge.runtime.features import compute_features
+from stethoedge.runtime.recorder import RotatingRecorder
+from stethoedge.runtime.smoothing import SmoothingConfig
 from stethoedge.runtime.sources import AudioSource
-from stethoedge.runtime.windowing import SlidingWindower
+from stethoedge.runtime.stream import MIN_AUDIO_SECONDS, StreamConfig, StreamEngine
 
-#: Shortest audio worth a decision: a quarter second (no respiratory phase is shorter).
-MIN_AUDIO_SECONDS = 0.25
+__all__ = ["Classifier", "WindowResult", "softmax", "MIN_AUDIO_SECONDS"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -38,12 +39,29 @@ class WindowResult:
     confidence: float
     probabilities: dict[str, float]
     latency_ms: float  # features + inference
+    smoothed_label: str | None = None  # the label after decision smoothing (runtime/smoothing.py)
+    smoothed_confidence: float | None = None
+    skipped_before: int = 0  # windows skipped just before this one because inference was behind
+    wall_time: float | None = None  # time.time() when the decision was made
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict with the wall-clock time added."""
+        """JSON-ready dict (stream times, probabilities, labels, latency, wall-clock time)."""
         record = asdict(self)
-        record["wall_time"] = time.time()
+        if record["wall_time"] is None:
+            record["wall_time"] = time.time()
         return record
+
+
+def _load(bundle_path: str | os.PathLike, require_signature: str | os.PathLike | None) -> Bundle:
+    """load_bundle, passing ``require_signature`` only when asked (older loaders lack it)."""
+    if require_signature is None:
+        return load_bundle(bundle_path)
+    import inspect
+
+    if "require_signature" not in inspect.signature(load_bundle).parameters:
+        raise BundleError("this installation cannot check bundle signatures yet (load_bundle has no "
+                          "require_signature); refusing to run without the requested check")
+    return load_bundle(bundle_path, require_signature=require_signature)
 
 
 class Classifier:
@@ -54,47 +72,28 @@ class Classifier:
 
     @classmethod
     def open(cls, bundle_path: str | os.PathLike, artifact: str | None = None, backend: str = "auto",
-             threads: int | None = None, allow_degraded: bool = False) -> Classifier:
-        """Load + verify the bundle, open the backend and pass its self-test."""
-        bundle = load_bundle(bundle_path)
+             threads: int | None = None, allow_degraded: bool = False,
+             require_signature: str | os.PathLike | None = None) -> Classifier:
+        """Load + verify the bundle (and its Ed25519 signature when a public key is given),
+        open the backend and pass its self-test."""
+        bundle = _load(bundle_path, require_signature)
         return cls(bundle, open_backend(bundle, artifact, backend, threads=threads, allow_failed=allow_degraded))
 
     def logits(self, window_audio: np.ndarray) -> np.ndarray:
         """Logits (classes,) for one window of exactly ``spec.window_samples`` samples."""
         return self.backend.run(compute_features(window_audio, self.spec)[None])[0]
 
-    def classify(self, source: AudioSource, hop_s: float = 2.0, min_s: float = 2.0) -> Iterator[WindowResult]:
-        """Slide windows over ``source``; yield one result per window (first at ``min_s``)."""
-        rate = self.spec.sample_rate
-        if source.sample_rate != rate:
-            raise AudioError(f"source delivers {source.sample_rate} Hz audio; the model needs {rate} Hz")
-        if hop_s <= 0:
-            raise ValueError(f"hop must be positive, got {hop_s} s")
-        min_s = min(max(min_s, MIN_AUDIO_SECONDS), self.spec.window_seconds)
-        windower = SlidingWindower(self.spec.window_samples, int(round(hop_s * rate)), int(round(min_s * rate)))
-        seen = emitted = 0
-        for chunk in source.chunks():
-            seen += chunk.samples.shape[0]
-            for window in windower.push(chunk):
-                emitted += 1
-                yield self._decide(window.audio, window.end_sample, window.available, window.after_gap)
-        tail = windower.flush()
-        if tail is not None and tail.available >= MIN_AUDIO_SECONDS * rate:
-            yield self._decide(tail.audio, tail.end_sample, tail.available, tail.after_gap)
-        elif not emitted:
-            got = tail.available / rate if tail is not None else seen / rate
-            raise AudioError(f"only {got:.4f} s of audio; at least {MIN_AUDIO_SECONDS} s is needed for a decision")
+    def classify(self, source: AudioSource, hop_s: float = 2.0, min_s: float = 2.0,
+                 smoothing: SmoothingConfig | None = None, recorder: RotatingRecorder | None = None,
+                 engine: StreamEngine | None = None) -> Iterator[WindowResult]:
+        """Slide windows over ``source``; yield one result per window (first at ``min_s``).
 
-    def _decide(self, audio: np.ndarray, end_sample: int, available: int, after_gap: bool) -> WindowResult:
-        rate = self.spec.sample_rate
-        t0 = time.perf_counter()
-        probs = softmax(self.logits(audio).astype(np.float64))
-        latency_ms = (time.perf_counter() - t0) * 1000.0
-        k = int(np.argmax(probs))
-        return WindowResult(
-            start_s=(end_sample - available) / rate, end_s=end_sample / rate,
-            padded=available < self.spec.window_samples, after_gap=after_gap,
-            label=self.bundle.labels[k], confidence=float(probs[k]),
-            probabilities={name: float(p) for name, p in zip(self.bundle.labels, probs)},
-            latency_ms=latency_ms,
-        )
+        Runs the stream engine (runtime/stream.py): a capture thread and ring for live sources,
+        incremental features, decision smoothing, optional recording.
+        """
+        if engine is None:
+            config = StreamConfig(hop_s=hop_s, min_s=min_s)
+            if smoothing is not None:
+                config.smoothing = smoothing
+            engine = StreamEngine(self, config, recorder=recorder)
+        return engine.run(source)

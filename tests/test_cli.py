@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-COMMANDS = ["simulate", "train", "export", "classify", "listen", "bench", "demo", "bridge"]
+COMMANDS = ["simulate", "train", "export", "classify", "listen", "bench", "demo", "bridge", "devices", "doctor"]
 
 
 def run_cli(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
@@ -107,3 +107,83 @@ def test_bench_prints_a_row_per_artifact(bundle_dir: Path, tmp_path: Path):
 def test_bad_arguments_are_usage_errors(bundle_dir: Path):
     proc = run_cli("classify", str(bundle_dir), "x.wav", "--hop", "-1")
     assert proc.returncode == 2 and "must be > 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_listen_replay_stops_cleanly_on_sigterm(bundle_dir: Path, tmp_path: Path, rng: np.random.Generator):
+    """SIGTERM (systemd's stop): JSON lines complete, the open recording finalised by rename, counters printed."""
+    import signal
+    import time
+
+    x = (0.2 * rng.standard_normal(16000 * 30)).astype(np.float32)
+    wav = tmp_path / "long.wav"
+    sf.write(wav, x, 16000, subtype="PCM_16")
+    out, rec = tmp_path / "out.jsonl", tmp_path / "rec"
+    proc = subprocess.Popen([sys.executable, "-m", "stethoedge", "listen", str(bundle_dir), "--replay", str(wav),
+                             "--hop", "1", "--jsonl", str(out), "--record", str(rec), "--segment-seconds", "2",
+                             "--allow-degraded"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+            time.sleep(0.1)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "# stopped" in stderr and "Traceback" not in stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]  # every line complete
+    assert len(records) >= 3 and records[0]["end_s"] == pytest.approx(2.0)
+    assert all("smoothed_label" in r and "wall_time" in r for r in records)
+    counters = dict(kv.split("=") for kv in stdout.split("# stream: ")[1].splitlines()[0].split(", "))
+    assert int(counters["windows"]) >= len(records) and int(counters["ring_samples_dropped"]) == 0
+    assert not list(rec.glob(".*")), "no partial recording or temporary index after SIGTERM"
+    index = json.loads((rec / "index.json").read_text())["segments"]
+    audio = np.concatenate([sf.read(rec / s["file"], dtype="float32")[0] for s in index])
+    assert audio.size == int(counters["samples_in"]) > 16000 * 2
+    np.testing.assert_array_equal(audio, sf.read(wav, dtype="float32")[0][: audio.size])
+
+
+def test_classify_backend_choice_and_signature_flag(bundle_dir: Path, tmp_path: Path):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, 0.1 * np.random.default_rng(0).standard_normal(16000 * 3), 16000)
+    bad = run_cli("classify", str(bundle_dir), str(wav), "--backend", "nope")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    missing = run_cli("classify", str(bundle_dir), str(wav), "--require-signature", str(tmp_path / "no.pub"))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    ok = run_cli("classify", str(bundle_dir), str(wav), "--backend", "onnxruntime", "--smooth", "vote:2",
+                 "--jsonl", "-", check=True)
+    assert [json.loads(line)["end_s"] for line in ok.stdout.splitlines()] == pytest.approx([2.0, 3.0])
+
+
+def test_devices_and_doctor_commands_run():
+    try:
+        import sounddevice  # noqa: F401  (raises OSError without PortAudio)
+    except OSError:
+        pytest.skip("PortAudio library not installed (apt install libportaudio2): `devices` cannot list anything")
+    devices = run_cli("devices", "--json", check=True)
+    assert isinstance(json.loads(devices.stdout), list)
+    doctor = run_cli("doctor", "--json", check=True)
+    report = json.loads(doctor.stdout)
+    assert report["backends"]["onnxruntime"]["available"] is True
+    assert "install_by_platform" in report["backends"]["tensorrt"]
+
+
+def test_listen_replay_runs_with_torch_blocked(bundle_dir: Path, tmp_path: Path):
+    """The device command never imports torch (nor train/export): a fast replay through listen."""
+    x = (0.1 * np.random.default_rng(2).standard_normal(16000 * 6)).astype(np.float32)
+    wav = tmp_path / "six.wav"
+    sf.write(wav, x, 16000, subtype="PCM_16")
+    block = ("import sys; sys.modules['torch'] = None; sys.modules['stethoedge.train'] = None; "
+             "sys.modules['stethoedge.export'] = None\n"
+             "from stethoedge.cli import main; rc = main(sys.argv[1:])\n"
+             "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+             "raise SystemExit(rc)")
+    proc = subprocess.run([sys.executable, "-c", block, "listen", str(bundle_dir), "--replay", str(wav), "--fast",
+                           "--allow-degraded", "--jsonl", str(tmp_path / "o.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ends = [json.loads(line)["end_s"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert ends == pytest.approx([2.0, 4.0, 6.0])

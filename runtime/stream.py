@@ -1,0 +1,219 @@
+"""The stream engine: source -> (capture thread -> bounded ring) -> worker -> decisions.
+
+For a live source (sound card, firmware bridge, real-time replay) a pump thread pulls the
+source and only copies its chunks into a ``SampleRing``; it never waits for inference. The
+worker drains the ring, records the raw audio, cuts 8 s windows every hop, computes features
+incrementally and runs the backend. When inference falls behind (several windows due at once),
+only the newest window is classified and the others are counted as skipped: capture is never
+dropped for it. A non-live source (a file) is read on the worker's own thread, so it is
+decoded only as fast as the model keeps up and nothing is skipped. ``classify`` and ``listen``
+both run through ``StreamEngine.run``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from stethoedge.runtime.errors import AudioError
+from stethoedge.runtime.incremental_features import IncrementalFeatures
+from stethoedge.runtime.ring_buffer import SampleRing
+from stethoedge.runtime.smoothing import DecisionSmoother, SmoothingConfig
+from stethoedge.runtime.sources import AudioChunk, AudioSource
+from stethoedge.runtime.windowing import SlidingWindower, Window
+
+if TYPE_CHECKING:
+    from stethoedge.runtime.engine import Classifier, WindowResult
+    from stethoedge.runtime.recorder import RotatingRecorder
+
+#: Shortest audio worth a decision: a quarter second (no respiratory phase is shorter).
+MIN_AUDIO_SECONDS = 0.25
+
+
+@dataclass
+class StreamConfig:
+    """Windowing, smoothing and buffering of one stream."""
+
+    hop_s: float = 2.0
+    min_s: float = 2.0  # first decision after this much audio (cyclically padded to 8 s)
+    smoothing: SmoothingConfig = field(default_factory=lambda: SmoothingConfig("mean", 3))
+    incremental: bool = True  # reuse the fbank frames of the overlap between windows
+    max_lag_s: float = 8.0  # live: a window whose end is this far behind the newest audio is skipped
+    ring_seconds: float = 30.0  # capture buffer between the pump thread and the worker
+    threaded: bool | None = None  # None: a pump thread for live sources only
+
+
+@dataclass
+class StreamStats:
+    """Counters of one run, printed when ``listen`` stops."""
+
+    samples_in: int = 0  # 16 kHz samples the worker received
+    windows: int = 0  # windows classified
+    windows_skipped: int = 0  # windows not classified because inference was behind
+    gaps: int = 0  # holes reported by the source or the ring
+    samples_lost: int = 0  # samples in those holes (never filled)
+    ring_overflows: int = 0
+    ring_samples_dropped: int = 0
+    ring_underflows: int = 0
+    ring_high_water: int = 0
+    frames_computed: int = 0
+    frames_reused: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=100_000), repr=False)
+
+    def latency_percentiles(self) -> dict[str, float]:
+        """p50/p95/p99 of features + inference per window, in ms (empty before the first window)."""
+        if not self.latencies_ms:
+            return {}
+        p = np.percentile(np.fromiter(self.latencies_ms, float), [50, 95, 99])
+        return {"p50_ms": float(p[0]), "p95_ms": float(p[1]), "p99_ms": float(p[2])}
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain counters (no latency samples) plus the latency percentiles."""
+        d = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
+        d.update(self.latency_percentiles())
+        return d
+
+
+class StreamEngine:
+    """Runs a Classifier over any AudioSource."""
+
+    def __init__(self, classifier: Classifier, config: StreamConfig | None = None,
+                 recorder: RotatingRecorder | None = None) -> None:
+        self.clf = classifier
+        self.config = config or StreamConfig()
+        self.recorder = recorder
+        self.stats = StreamStats()
+        self._stop = threading.Event()
+        if self.config.hop_s <= 0:
+            raise ValueError(f"hop must be positive, got {self.config.hop_s} s")
+
+    def stop(self) -> None:
+        """Ask ``run`` to finish after the current window (thread-safe)."""
+        self._stop.set()
+
+    def run(self, source: AudioSource) -> Iterator[WindowResult]:
+        """Yield one WindowResult per classified window until the source ends or ``stop()``."""
+        spec = self.clf.spec
+        rate = spec.sample_rate
+        if source.sample_rate != rate:
+            raise AudioError(f"source delivers {source.sample_rate} Hz audio; the model needs {rate} Hz")
+        cfg = self.config
+        min_s = min(max(cfg.min_s, MIN_AUDIO_SECONDS), spec.window_seconds)
+        windower = SlidingWindower(spec.window_samples, int(round(cfg.hop_s * rate)), int(round(min_s * rate)))
+        features = IncrementalFeatures(spec) if cfg.incremental else None
+        smoother = DecisionSmoother(self.clf.bundle.labels, cfg.smoothing)
+        live = bool(getattr(source, "live", True))
+        threaded = live if cfg.threaded is None else cfg.threaded
+        # The newest due window always ends less than a hop before the newest audio: never skipped.
+        max_lag = int(round(max(cfg.max_lag_s, cfg.hop_s) * rate))
+        emitted = 0
+        batches = self._threaded_batches(source, live) if threaded else ([c] for c in source.chunks())
+        try:
+            for batch in batches:
+                newest = batch[-1].start_sample + batch[-1].samples.shape[0] if batch else 0
+                skipped = 0
+                for chunk in batch:
+                    self._account(chunk)
+                    for window in windower.push(chunk):  # lazily: one window copy alive at a time
+                        if live and newest - window.end_sample > max_lag:  # too late to matter: count it
+                            skipped += 1
+                            self.stats.windows_skipped += 1
+                            continue
+                        emitted += 1
+                        yield self._decide(window, features, smoother, skipped)
+                        skipped = 0
+                if self._stop.is_set():
+                    break
+            else:
+                tail = windower.flush()
+                if tail is not None and tail.available >= MIN_AUDIO_SECONDS * rate:
+                    emitted += 1
+                    yield self._decide(tail, features, smoother, 0)
+                elif not emitted:
+                    got = (tail.available if tail is not None else self.stats.samples_in) / rate
+                    raise AudioError(f"only {got:.4f} s of audio; at least {MIN_AUDIO_SECONDS} s is needed for a decision")
+        finally:
+            batches.close()  # stops the capture thread (threaded) or the source's generator, now
+            self.stats.gaps, self.stats.samples_lost = windower.gaps, windower.samples_lost
+            if features is not None:
+                self.stats.frames_computed, self.stats.frames_reused = features.frames_computed, features.frames_reused
+
+    def _account(self, chunk: AudioChunk) -> None:
+        self.stats.samples_in += chunk.samples.shape[0]
+        if self.recorder is not None:
+            self.recorder.write(chunk.samples, chunk.start_sample, chunk.gap_before)
+
+    def _threaded_batches(self, source: AudioSource, live: bool) -> Iterator[list[AudioChunk]]:
+        """Pump ``source`` into a ring on a thread; yield what the ring holds each time the worker asks."""
+        ring = SampleRing(max(1, int(self.config.ring_seconds * source.sample_rate)))
+        failure: list[BaseException] = []
+
+        def pump() -> None:
+            try:
+                for chunk in source.chunks():
+                    ring.write(chunk.samples, chunk.start_sample, chunk.gap_before, block=not live)
+                    if self._stop.is_set() or ring.closed:
+                        break
+            except BaseException as exc:  # handed to the worker, raised there
+                failure.append(exc)
+            finally:
+                ring.closed = True
+                ring.close()
+
+        thread = threading.Thread(target=pump, name="stethoedge-capture", daemon=True)
+        thread.start()
+        try:
+            while True:
+                chunks = ring.read(timeout=0.2)
+                if chunks:
+                    yield chunks
+                elif ring.closed and len(ring) == 0:
+                    break
+                if self._stop.is_set():
+                    break
+            if failure:
+                raise failure[0]
+        finally:
+            ring.close()
+            source.close()
+            thread.join(timeout=5.0)
+            s = ring.stats
+            self.stats.ring_overflows, self.stats.ring_samples_dropped = s.overflows, s.samples_dropped
+            self.stats.ring_underflows, self.stats.ring_high_water = s.underflows, s.high_water
+
+    def _decide(self, window: Window, features: IncrementalFeatures | None, smoother: DecisionSmoother,
+                skipped: int) -> WindowResult:
+        from stethoedge.runtime.engine import WindowResult, softmax
+
+        spec, labels = self.clf.spec, self.clf.bundle.labels
+        if window.after_gap:
+            smoother.reset()
+            if features is not None:
+                features.reset()
+        t0 = time.perf_counter()
+        if features is not None:
+            x = features.compute(window.audio, window.end_sample, window.available)
+        else:
+            from stethoedge.runtime.features import compute_features
+
+            x = compute_features(window.audio, spec)
+        probs = softmax(self.clf.backend.run(x[None])[0].astype(np.float64))
+        latency_ms = (time.perf_counter() - t0) * 1000.0
+        smoothed_label, smoothed = smoother.update(probs)
+        k = int(np.argmax(probs))
+        self.stats.windows += 1
+        self.stats.latencies_ms.append(latency_ms)
+        rate = spec.sample_rate
+        return WindowResult(
+            start_s=(window.end_sample - window.available) / rate, end_s=window.end_sample / rate,
+            padded=window.available < spec.window_samples, after_gap=window.after_gap,
+            label=labels[k], confidence=float(probs[k]),
+            probabilities={name: float(p) for name, p in zip(labels, probs)},
+            latency_ms=latency_ms, smoothed_label=smoothed_label,
+            smoothed_confidence=float(smoothed[labels.index(smoothed_label)]),
+            skipped_before=skipped, wall_time=time.time(),
+        )
