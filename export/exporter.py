@@ -34,7 +34,7 @@ from stethoedge.export.verify import Gate, pick_selftest, verify_artifact
 from stethoedge.runtime.bundle import (
     SCHEMA, SCHEMA_VERSION, SELFTEST_NAME, atomic_write_text, load_bundle, sha256_file, write_manifest,
 )
-from stethoedge.runtime.errors import DataError, StethoedgeError
+from stethoedge.runtime.errors import DataError, OutputError, StethoedgeError
 from stethoedge.train.checkpoint import load_checkpoint
 from stethoedge.train.dataset import fbank_batches
 from stethoedge.train.icbhi import list_recordings
@@ -99,7 +99,11 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError as exc:  # another export installed ``out`` after our check (a non-empty directory)
+            raise OutputError(f"{out} appeared while this export ran (another export into the same place?); "
+                              f"it was left as is ({exc.strerror})") from None
 
 
 def _build(kind: ArtifactKind, model: torch.nn.Module, tmp: Path, input_shape: tuple[int, int],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,19 @@ def audio_info(path: str | os.PathLike) -> sf._SoundFileInfo:
         raise _open_error(p, exc) from None
 
 
+def truncation_warning(info: sf._SoundFileInfo, where: str) -> str | None:
+    """A warning when the header claims more audio data than the file holds (a copy cut short).
+
+    libsndfile then sizes the data chunk from the file length (so ``info.frames`` looks fine) and
+    only notes ``data : CLAIMED (should be ACTUAL)`` in its log; this reads that note.
+    """
+    m = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", getattr(info, "extra_info", "") or "", re.M)
+    if m is None or int(m.group(1)) <= int(m.group(2)):
+        return None
+    return (f"{where}: header claims {int(m.group(1))} bytes of audio but the file holds {int(m.group(2))} "
+            "(truncated file); classifying what is there")
+
+
 def to_mono(samples: np.ndarray) -> np.ndarray:
     """Average channels of a (frames, channels) array to mono float32."""
     if samples.ndim == 1:
@@ -124,6 +138,9 @@ def load_audio(path: str | os.PathLike, target_rate: int = 16000) -> LoadedAudio
         raise AudioError(f"{p}: contains no audio samples")
     check_finite(data, str(p))
     warnings = quality_warnings(data, str(p))
+    cut = truncation_warning(info, str(p))
+    if cut:
+        warnings.append(cut)
     if info.frames > data.shape[0]:
         warnings.append(f"{p}: header claims {info.frames} frames but only {data.shape[0]} could be read (truncated file)")
     mono = resample(to_mono(data), rate, target_rate)

@@ -23,3 +23,7 @@ class DataError(StethoedgeError):
 
 class BackendError(StethoedgeError):
     """An inference backend that is not installed, cannot load a model, or fails while running."""
+
+
+class OutputError(StethoedgeError):
+    """An output (JSON lines, recordings, a bundle) that cannot be written: read-only or full disk, a race."""

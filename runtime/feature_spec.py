@@ -99,6 +99,12 @@ class FeatureSpec:
             raise BundleError(f"feature spec window_type {spec.window_type!r} is not 'hanning' or 'povey'")
         if spec.norm_std <= 0 or spec.sample_rate <= 0 or spec.n_mels <= 0:
             raise BundleError("feature spec has a non-positive sample_rate, n_mels or norm_std")
+        bad = [k for k, v in asdict(spec).items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise BundleError(f"feature spec fields {bad} are not finite numbers")
+        if spec.frame_length <= 0 or spec.frame_shift <= 0 or spec.window_samples < spec.frame_length:
+            raise BundleError("feature spec frame length, frame shift and window must be positive, "
+                              "with at least one frame per window")
         return spec
 
 

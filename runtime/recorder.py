@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,26 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _disk_reason(directory: Path) -> str | None:
+    """The likely OS reason a write into ``directory`` failed (libsndfile only says 'System error')."""
+    try:
+        st = os.statvfs(directory)
+    except OSError as exc:
+        return exc.strerror
+    if st.f_flag & os.ST_RDONLY:
+        return "Read-only file system"
+    if st.f_bavail == 0:
+        return "No space left on device"
+    if not os.access(directory, os.W_OK):
+        return "Permission denied"
+    return None
+
+
 class RotatingRecorder:
     """Writes a stream of chunks into WAV segments of at most ``segment_seconds``."""
 
     def __init__(self, directory: str | os.PathLike, sample_rate: int = 16000, segment_seconds: float = 300.0,
-                 prefix: str = "rec", max_segments: int | None = None) -> None:
+                 prefix: str = "rec", max_segments: int | None = None, memory_seconds: float = 60.0) -> None:
         if segment_seconds <= 0:
             raise ValueError(f"segment length must be positive, got {segment_seconds}")
         self.dir = Path(directory)
@@ -69,6 +85,12 @@ class RotatingRecorder:
         self._part: Path | None = None
         self._current: Segment | None = None
         self._next_stream = None  # stream position expected next
+        # After a disk failure (full, read-only, I/O error) the recorder stops writing, keeps the
+        # newest ``memory_seconds`` of audio in memory (bounded) and reports ``error``; the stream goes on.
+        self.error: str | None = None
+        self.memory: deque[np.ndarray] = deque()
+        self.memory_samples = 0
+        self.memory_limit = max(0, int(round(memory_seconds * sample_rate)))
 
     # -- index ---------------------------------------------------------------------------
     def _read_index(self) -> list[Segment]:
@@ -118,8 +140,48 @@ class RotatingRecorder:
 
     # -- writing -------------------------------------------------------------------------
     def write(self, samples: np.ndarray, start_sample: int, gap_before: int = 0) -> None:
-        """Append a chunk; a gap or a full segment starts a new file."""
+        """Append a chunk; a gap or a full segment starts a new file.
+
+        A disk error never propagates: the unfinished segment is removed (no corrupt file), the
+        reason is kept in ``error`` and logged once, and audio from then on is held in memory
+        (the newest ``memory_seconds``) instead.
+        """
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self.error is None:
+            try:
+                self._write(samples, start_sample, gap_before)
+                return
+            except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+                self._fail(exc)
+        self._hold(samples)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Give up on the disk: drop the half-written segment, remember why."""
+        reason = getattr(exc, "strerror", None) or _disk_reason(self.dir) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        self.error = f"{self.dir}: recording stopped ({reason}); keeping the newest audio in memory"
+        log.warning(self.error)
+        if self._file is not None:
+            try:
+                self._file.close()
+            except (OSError, sf.LibsndfileError, RuntimeError):
+                pass
+        if self._part is not None:
+            try:
+                self._part.unlink(missing_ok=True)
+            except OSError:
+                pass
+        self._current, self._file, self._part = None, None, None
+
+    def _hold(self, samples: np.ndarray) -> None:
+        """Keep the newest ``memory_limit`` samples in memory."""
+        if self.memory_limit == 0:
+            return
+        self.memory.append(samples[-self.memory_limit:].copy())
+        self.memory_samples += self.memory[-1].shape[0]
+        while self.memory_samples - self.memory[0].shape[0] >= self.memory_limit:
+            self.memory_samples -= self.memory.popleft().shape[0]
+
+    def _write(self, samples: np.ndarray, start_sample: int, gap_before: int) -> None:
         if self._current is not None and (gap_before or start_sample != self._next_stream):
             self._finish()
         offset = 0
@@ -164,7 +226,12 @@ class RotatingRecorder:
 
     def close(self) -> None:
         """Finalise the current segment (rename) and the index; safe to call twice."""
-        self._finish()
+        if self.error is not None:
+            return
+        try:
+            self._finish()
+        except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+            self._fail(exc)
 
     def __enter__(self) -> RotatingRecorder:
         return self

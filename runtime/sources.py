@@ -18,7 +18,7 @@ import soundfile as sf
 import soxr
 
 from stethoedge.runtime.audio_io import (CLIP_LEVEL, CLIP_WARN_FRACTION, DC_WARN_LEVEL, MAX_RATE_HZ, MIN_RATE_HZ,
-                                         audio_info, check_finite, to_mono)
+                                         audio_info, check_finite, to_mono, truncation_warning)
 from stethoedge.runtime.errors import AudioError
 
 
@@ -72,7 +72,8 @@ class FileSource:
             raise AudioError(f"{self.path}: sample rate {self.info.samplerate} Hz is outside {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz")
         if self.info.frames <= 0:
             raise AudioError(f"{self.path}: contains no audio samples")
-        self.warnings: list[str] = []
+        cut = truncation_warning(self.info, str(self.path))
+        self.warnings: list[str] = [cut] if cut else []
         self.samples_out = 0  # 16 kHz samples delivered so far
         self._closed = False
 

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from stethoedge.runtime.errors import AudioError
+import logging
+
+from stethoedge.runtime.errors import AudioError, BackendError
 from stethoedge.runtime.incremental_features import IncrementalFeatures
 from stethoedge.runtime.ring_buffer import SampleRing
 from stethoedge.runtime.smoothing import DecisionSmoother, SmoothingConfig
@@ -29,6 +31,8 @@ from stethoedge.runtime.windowing import SlidingWindower, Window
 if TYPE_CHECKING:
     from stethoedge.runtime.engine import Classifier, WindowResult
     from stethoedge.runtime.recorder import RotatingRecorder
+
+log = logging.getLogger("stethoedge.stream")
 
 #: Shortest audio worth a decision: a quarter second (no respiratory phase is shorter).
 MIN_AUDIO_SECONDS = 0.25
@@ -45,6 +49,7 @@ class StreamConfig:
     max_lag_s: float = 8.0  # live: a window whose end is this far behind the newest audio is skipped
     ring_seconds: float = 30.0  # capture buffer between the pump thread and the worker
     threaded: bool | None = None  # None: a pump thread for live sources only
+    max_backend_errors: int = 3  # consecutive backend failures tolerated (window skipped, counted) before giving up
 
 
 @dataclass
@@ -60,6 +65,7 @@ class StreamStats:
     ring_samples_dropped: int = 0
     ring_underflows: int = 0
     ring_high_water: int = 0
+    backend_errors: int = 0  # windows whose inference failed (skipped, reported, the stream went on)
     frames_computed: int = 0
     frames_reused: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=100_000), repr=False)
@@ -88,6 +94,7 @@ class StreamEngine:
         self.recorder = recorder
         self.stats = StreamStats()
         self._stop = threading.Event()
+        self._consecutive_errors = 0
         if self.config.hop_s <= 0:
             raise ValueError(f"hop must be positive, got {self.config.hop_s} s")
 
@@ -123,16 +130,24 @@ class StreamEngine:
                             skipped += 1
                             self.stats.windows_skipped += 1
                             continue
+                        result = self._try_decide(window, features, smoother, skipped)
+                        if result is None:
+                            continue
                         emitted += 1
-                        yield self._decide(window, features, smoother, skipped)
+                        yield result
                         skipped = 0
                 if self._stop.is_set():
                     break
             else:
                 tail = windower.flush()
+                result = None
                 if tail is not None and tail.available >= MIN_AUDIO_SECONDS * rate:
+                    result = self._try_decide(tail, features, smoother, 0)
+                if result is not None:
                     emitted += 1
-                    yield self._decide(tail, features, smoother, 0)
+                    yield result
+                elif not emitted and self.stats.backend_errors:
+                    raise BackendError(f"no window could be classified ({self.stats.backend_errors} backend errors)")
                 elif not emitted:
                     got = (tail.available if tail is not None else self.stats.samples_in) / rate
                     raise AudioError(f"only {got:.4f} s of audio; at least {MIN_AUDIO_SECONDS} s is needed for a decision")
@@ -141,6 +156,24 @@ class StreamEngine:
             self.stats.gaps, self.stats.samples_lost = windower.gaps, windower.samples_lost
             if features is not None:
                 self.stats.frames_computed, self.stats.frames_reused = features.frames_computed, features.frames_reused
+
+    def _try_decide(self, window: Window, features: IncrementalFeatures | None, smoother: DecisionSmoother,
+                    skipped: int) -> WindowResult | None:
+        """``_decide``, but a BackendError skips this window (counted, logged) instead of ending the stream;
+        ``max_backend_errors`` failures in a row re-raise it."""
+        try:
+            result = self._decide(window, features, smoother, skipped)
+        except BackendError as exc:
+            self.stats.backend_errors += 1
+            self._consecutive_errors += 1
+            log.warning("window ending at %.2f s not classified: %s", window.end_sample / self.clf.spec.sample_rate, exc)
+            if features is not None:
+                features.reset()  # do not trust cached frames across a failure
+            if self._consecutive_errors >= self.config.max_backend_errors:
+                raise BackendError(f"{self._consecutive_errors} windows in a row failed; last: {exc}") from None
+            return None
+        self._consecutive_errors = 0
+        return result
 
     def _account(self, chunk: AudioChunk) -> None:
         self.stats.samples_in += chunk.samples.shape[0]

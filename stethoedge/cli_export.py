@@ -26,9 +26,11 @@ def _nonneg_float(text: str) -> float:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from stethoedge.cli_runtime import _stop_on_sigterm
     from stethoedge.export.exporter import export_run
     from stethoedge.export.verify import Gate
 
+    _stop_on_sigterm()  # SIGTERM unwinds like Ctrl-C: the temporary bundle directory is removed, nothing half-written stays
     result = export_run(args.run, args.out, data=args.data, max_windows=args.windows,
                         gate=Gate(args.min_agreement, args.max_score_drop), allow_degraded=args.allow_degraded,
                         force=args.force, formats=args.formats, calibration_windows=args.calibration_windows,

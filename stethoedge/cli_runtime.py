@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from stethoedge.cli_common import AddCommand
@@ -56,8 +57,11 @@ def _engine(clf, args: argparse.Namespace, recorder=None, threaded: bool | None 
     return StreamEngine(clf, config, recorder=recorder)
 
 
-def _run_stream(engine, source, jsonl, on_result=None, quiet: bool = False) -> bool:
-    """Drive the engine; return True if interrupted (Ctrl-C / SIGTERM)."""
+def _run_stream(engine, source, jsonl, on_result=None, quiet: bool = False, keep_going: bool = False) -> bool:
+    """Drive the engine; return True if interrupted (Ctrl-C / SIGTERM). ``keep_going`` (listen): a JSON-lines
+    write failure is a warning and the stream goes on; otherwise (classify) it is the error."""
+    from stethoedge.runtime.errors import OutputError
+
     results = engine.run(source)
     try:
         for r in results:
@@ -66,7 +70,13 @@ def _run_stream(engine, source, jsonl, on_result=None, quiet: bool = False) -> b
             if not quiet:
                 print(_format_result(r), flush=True)
             if jsonl is not None:
-                jsonl.write(r.to_json())
+                try:
+                    jsonl.write(r.to_json())
+                except OutputError as exc:
+                    if not keep_going:
+                        raise
+                    print(f"warning: {exc}; JSON lines stopped, classification goes on", file=sys.stderr, flush=True)
+                    jsonl = None
     except KeyboardInterrupt:
         print("# stopped", file=sys.stderr, flush=True)
         return True
@@ -89,17 +99,52 @@ def cmd_classify(args: argparse.Namespace) -> int:
         print(f"# {args.audio}: {source.duration_s:.2f} s, artifact {clf.backend.artifact.name} on {clf.backend.name}")
         print(f"# {'start-end s':<17} {'label':<8} {'conf':>5}  probabilities")
     jsonl = JsonlWriter(args.jsonl, atomic=True) if args.jsonl else None
+    finished = False
     try:
         _run_stream(engine, source, jsonl, quiet=to_stdout)
+        finished = True
     finally:
         source.close()
         if recorder is not None:
             recorder.close()
         if jsonl is not None:
-            jsonl.close()
+            jsonl.close() if finished else jsonl.abort()  # a failed run publishes no half JSON-lines file
     for warning in source.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if recorder is not None and recorder.error:
+        print(f"warning: {recorder.error}", file=sys.stderr)
     return 0
+
+
+def cmd_classify_batch(args: argparse.Namespace) -> int:
+    from stethoedge.runtime.batch import BatchOptions, classify_files, list_audio
+    from stethoedge.runtime.jsonl import JsonlWriter
+
+    files = list_audio(args.directory)
+    options = BatchOptions(args.bundle, artifact=args.artifact, backend=args.backend, threads=args.threads or 1,
+                           allow_degraded=args.allow_degraded, require_signature=args.require_signature,
+                           hop_s=args.hop, min_s=args.min_seconds, smoothing=args.smooth)
+    jsonl = JsonlWriter(args.jsonl, atomic=True) if args.jsonl else None
+    failed = 0
+    finished = False
+    try:
+        for res in classify_files(files, options, workers=args.workers):
+            if res.error:
+                failed += 1
+                print(f"{res.file}: error: {res.error}", file=sys.stderr, flush=True)
+            for w in res.windows:
+                if jsonl is not None:
+                    jsonl.write({"file": res.file, **w})
+                if args.jsonl != "-":
+                    print(f"{Path(res.file).name}: {w['start_s']:.2f}-{w['end_s']:.2f} {w['label']} {w['confidence']:.2f}")
+            for warning in res.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+        finished = True
+    finally:
+        if jsonl is not None:
+            jsonl.close() if finished else jsonl.abort()
+    print(f"# {len(files) - failed} of {len(files)} file(s) classified, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _recorder(args: argparse.Namespace):
@@ -144,7 +189,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     on_result = send_back if args.bridge else None
     print(f"# listening on {what}; artifact {clf.backend.artifact.name} on {clf.backend.name}", flush=True)
     try:
-        _run_stream(engine, source, jsonl, on_result)
+        _run_stream(engine, source, jsonl, on_result, keep_going=True)
     finally:
         try:
             source.close()
@@ -163,6 +208,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
         print("# capture: " + ", ".join(f"{k}={v}" for k, v in source.stats.as_dict().items()), flush=True)
     if recorder is not None:
         print(f"# recorded {len(recorder.segments)} segment(s) in {recorder.dir}", flush=True)
+        if recorder.error:
+            print(f"warning: {recorder.error} ({recorder.memory_samples} samples held)", file=sys.stderr, flush=True)
     return 0
 
 
@@ -206,6 +253,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-degraded", action="store_true", help="allow an artifact that failed export verification")
     p.add_argument("--require-signature", metavar="KEY", default=None,
                    help="refuse the bundle unless it is signed by this Ed25519 public key")
+
+
+def _recording_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record", metavar="DIR", default=None,
                    help="record the raw 16 kHz audio to rotating WAV files with an index in DIR")
     p.add_argument("--segment-seconds", type=_positive_float, default=300.0, help="length of one recording file (default 300)")
@@ -219,6 +269,15 @@ def register(add: AddCommand) -> None:
     p.add_argument("audio", help="WAV file (any rate 4-192 kHz, any bit depth, mono or multi-channel)")
     p.add_argument("--jsonl", default=None, help="write JSON lines to this file ('-' for stdout only)")
     p.add_argument("--realtime", action="store_true", help="replay at the recording's own pace (default: as fast as possible)")
+    _common(p)
+    _recording_options(p)
+
+    p = add("classify-batch", cmd_classify_batch,
+            "Classify every WAV/FLAC in a directory with N worker processes (output in file order).")
+    p.add_argument("bundle", help="bundle directory from `stethoedge export`")
+    p.add_argument("directory", help="directory of recordings")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--jsonl", default=None, help="write JSON lines (with a 'file' field) here ('-' for stdout only)")
     _common(p)
 
     p = add("listen", cmd_listen, "Classify live audio (sound card, firmware bridge or a real-time replay) until stopped.")
@@ -236,6 +295,7 @@ def register(add: AddCommand) -> None:
                    help="bridge: give up when the device sends nothing for this many seconds")
     p.add_argument("--jsonl", default=None, help="append one JSON line per window to this file ('-' for stdout)")
     _common(p)
+    _recording_options(p)
 
     p = add("devices", cmd_devices, "List audio input devices and the sample rates they accept.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
