@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -120,11 +121,22 @@ def add_adapters(model: AST, cfg: AdapterConfig) -> AST:
     raise ValueError(f"unknown adapter kind {cfg.kind!r} (none, bottleneck or lora)")
 
 
-def has_adapters(model: nn.Module) -> bool:
-    """True while any bottleneck or LoRA module is present."""
+def _lora_layer_types() -> tuple[type, ...]:
+    """peft's LoraLayer if peft is already imported (no LoRA module can exist otherwise).
+
+    Importing peft pulls transformers and torchao (seconds, and warnings about missing GPU
+    kernels), so runs without ``--adapter lora`` never import it.
+    """
+    if "peft" not in sys.modules:
+        return ()
     from peft.tuners.lora import LoraLayer
 
-    return any(isinstance(m, (BottleneckAdapter, LoraLayer)) for m in model.modules())
+    return (LoraLayer,)
+
+
+def has_adapters(model: nn.Module) -> bool:
+    """True while any bottleneck or LoRA module is present."""
+    return any(isinstance(m, (BottleneckAdapter, *_lora_layer_types())) for m in model.modules())
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -135,12 +147,11 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 @torch.no_grad()
 def merge_adapters(model: AST) -> AST:
     """Fold every adapter into the weights it modifies, in place: a plain AST, all parameters trainable."""
-    from peft.tuners.lora import LoraLayer
-
+    lora_types = _lora_layer_types()
     for name, module in list(model.named_modules()):
         if isinstance(module, BottleneckAdapter):
             _replace(model, name, module.merged())
-        elif isinstance(module, LoraLayer):
+        elif lora_types and isinstance(module, lora_types):
             module.merge(safe_merge=True)
             _replace(model, name, module.get_base_layer())
     for p in model.parameters():
