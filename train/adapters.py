@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from stethoedge.runtime.errors import DataError
+from stethoedge.train.checkpoint import read_torch_file
 from stethoedge.train.model import AST
 
 DELTA_FORMAT = "stethoedge.adapter-delta"
@@ -176,7 +177,7 @@ def save_delta(path: Path, model: AST, cfg: AdapterConfig, fingerprint: str) -> 
 
 def apply_delta(model: AST, path: str | os.PathLike, check_backbone: bool = True) -> AST:
     """Re-apply a saved delta to the same backbone: add the adapters, load their weights."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_torch_file(path, missing="no adapter delta file", what="adapter delta")
     if not isinstance(payload, dict) or payload.get("format") != DELTA_FORMAT:
         raise DataError(f"{path}: not a stethoedge adapter delta")
     if check_backbone and backbone_fingerprint(model) != payload["backbone_sha256"]:

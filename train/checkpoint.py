@@ -29,6 +29,17 @@ class LoadedCheckpoint:
     meta: dict[str, Any]
 
 
+def read_torch_file(path: str | os.PathLike, missing: str, what: str = "checkpoint", weights_only: bool = True) -> Any:
+    """``torch.load`` on CPU; a missing or unreadable file is one DataError line, never a pickle traceback."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: {missing}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # torch raises pickle/zip errors of several types
+        raise DataError(f"{p}: unreadable {what} ({str(exc).splitlines()[0]})") from None
+
+
 def save_checkpoint(path: Path, model: AST, config: ASTConfig, spec: FeatureSpec, **meta: Any) -> None:
     """Write weights + config + spec atomically (temporary file, then rename); ``model`` must be a plain AST."""
     from stethoedge.train.adapters import has_adapters
@@ -49,12 +60,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     p = Path(path)
     if p.is_dir():
         p = p / "checkpoint.pt"
-    if not p.is_file():
-        raise DataError(f"{p}: no checkpoint (train a model first: stethoedge train --data DIR --out RUN)")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises pickle/zip errors of several types
-        raise DataError(f"{p}: unreadable checkpoint ({str(exc).splitlines()[0]})") from None
+    payload = read_torch_file(p, missing="no checkpoint (train a model first: stethoedge train --data DIR --out RUN)")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{p}: not a stethoedge checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from stethoedge.runtime.errors import DataError
+from stethoedge.train.checkpoint import read_torch_file
 from stethoedge.train.model import AST, ASTConfig, interpolate_pos_embed
 
 log = logging.getLogger("stethoedge.train")
@@ -205,12 +206,7 @@ def load_original_ast(path: str | os.PathLike, cfg: ASTConfig, src_frames: int =
     heads come from ``cfg``; ``src_frames`` is the input length it was trained on (AudioSet: 1024).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of several types
-        raise DataError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0]})") from None
+    state = read_torch_file(path, missing="no such checkpoint file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     mapped = original_to_stethoedge(state)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.labels import CLASSES
+from stethoedge.train.checkpoint import read_torch_file
 
 log = logging.getLogger("stethoedge.generate")
 
@@ -274,12 +275,8 @@ class MelGenerator(ABC):
 def read_generator_file(path: str | os.PathLike) -> dict[str, Any]:
     """The payload of a generator checkpoint; anything else is a DataError."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no generator checkpoint (train one: stethoedge generate fit ...)")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # pickle/zip errors of several types
-        raise DataError(f"{p}: unreadable generator checkpoint ({str(exc).splitlines()[0]})") from None
+    payload = read_torch_file(p, missing="no generator checkpoint (train one: stethoedge generate fit ...)",
+                              what="generator checkpoint", weights_only=False)
     if not isinstance(payload, dict) or payload.get("format") != GENERATOR_FORMAT:
         raise DataError(f"{p}: not a stethoedge generator checkpoint")
     if payload.get("version") != GENERATOR_VERSION:
