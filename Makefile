@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   simulate -> train -> export -> stream-classify -> latency table
+#   make demo   shipped model on real recordings, then simulate -> retrain -> export -> stream-classify -> bench
 #   make test   the test suite
 # Each creates the virtual environment .venv on first use and installs what it needs.
 PYTHON ?= python3
@@ -13,8 +13,9 @@ TORCH_INDEX ?=
 EXTRAS ?= all
 STAMP := $(VENV)/.stethoedge-$(EXTRAS)
 DEMO_OUT ?= out/demo
-# Also classify a real ICBHI recording when the shared sample sits beside the repository.
-REAL ?= $(firstword $(wildcard ../shared/data/icbhi_sample/audio_and_txt_files/101_1b1_Al_sc_Meditron.wav))
+# The shared real recordings and AudioSet weights when they sit beside the repository.
+REAL ?= $(firstword $(wildcard ../shared/data/icbhi_sample/audio_and_txt_files))
+WEIGHTS ?= $(firstword $(wildcard ../shared/weights/efficientat_mn04_as.pt))
 
 .PHONY: demo test venv clean
 
@@ -27,7 +28,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/stethoedge demo --out $(DEMO_OUT) $(if $(REAL),--real $(REAL))
+	$(VENV)/bin/stethoedge demo --out $(DEMO_OUT) $(if $(REAL),--real $(REAL)) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

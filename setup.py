@@ -14,7 +14,7 @@ STAGES = ("runtime", "train", "export", "calibration", "firmware_bridge")
 
 def _stage_packages() -> dict[str, str]:
     """Map ``stethoedge.<stage>[.<sub>]`` to its folder for every package folder of a stage."""
-    mapping = {"stethoedge": "stethoedge"}
+    mapping = {"stethoedge": "stethoedge", "stethoedge.models": "models"}
     for stage in STAGES:
         for init in sorted((HERE / stage).rglob("__init__.py")):
             folder = init.parent.relative_to(HERE)
@@ -69,6 +69,8 @@ setup(
     package_data={
         "stethoedge.train": ["recipes/*.toml"],
         "stethoedge.firmware_bridge": ["PROTOCOL.md", "c/*.c", "c/*.h", "c/Makefile"],
+        # The shipped, verified bundle(s): `stethoedge classify recording.wav` needs no bundle argument.
+        "stethoedge.models": ["*/*.json", "*/*.onnx", "*/*.tflite", "*/*.npz", "*/*.md", "*/*.sig"],
     },
     install_requires=["numpy>=1.24"],
     extras_require={

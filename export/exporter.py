@@ -35,7 +35,7 @@ from stethoedge.runtime.bundle import (
     SCHEMA, SCHEMA_VERSION, SELFTEST_NAME, atomic_write_text, load_bundle, sha256_file, write_manifest,
 )
 from stethoedge.runtime.errors import DataError, OutputError, StethoedgeError
-from stethoedge.train.checkpoint import load_checkpoint
+from stethoedge.train.checkpoint import architecture_of, load_checkpoint
 from stethoedge.train.dataset import fbank_batches
 from stethoedge.train.icbhi import list_recordings
 from stethoedge.train.model import count_parameters
@@ -264,8 +264,11 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
             "output": {"name": OUTPUT_NAME, "shape": [None, len(ckpt.labels)], "dtype": "float32", "kind": "logits"},
             "artifacts": artifacts, "failed_artifacts": failed, "default_artifact": default,
             "selftest": {"file": SELFTEST_NAME, "sha256": sha256_file(tmp / SELFTEST_NAME), "windows": int(len(chosen))},
-            "model": {"architecture": "AST", "config": ckpt.config.to_dict(), "parameters": count_parameters(ckpt.model)},
-            "source": {"run": str(run.resolve()), "checkpoint_epoch": ckpt.meta.get("epoch"),
+            "model": {"architecture": architecture_of(ckpt.model), "config": ckpt.config.to_dict(),
+                      "parameters": count_parameters(ckpt.model)},
+            # The run's folder name only: a shipped manifest must not carry the build machine's paths.
+            "source": {"run": run.resolve().name, "checkpoint_epoch": ckpt.meta.get("epoch"),
+                       "trained_on": ckpt.meta.get("trained_on"),
                        "verification_set": held.provenance},
             "gate": {"min_agreement": gate.min_agreement, "max_score_drop": gate.max_score_drop,
                      "allow_degraded": allow_degraded},

@@ -1,9 +1,21 @@
 """The feature spec: one frozen description of the log-mel front end, stored in every bundle.
 
-Numerics follow Kaldi's ``compute-fbank`` as the Audio Spectrogram Transformer uses it
+Two kinds share the framing (25 ms Hann frames every 10 ms, snip-edges) and differ in a few steps:
+
+* ``kaldi-fbank`` (the AST's): numerics follow Kaldi's ``compute-fbank`` as the Audio Spectrogram Transformer uses it
 (``torchaudio.compliance.kaldi.fbank(htk_compat=True, window_type='hanning', dither=0,
 use_energy=False, num_mel_bins=128, frame_shift=10)``), followed by AST's normalisation
-``(fbank - mean) / (2 * std)``. The numpy implementation (runtime/features.py) and the torch
+``(fbank - mean) / (2 * std)``.
+* ``efficientat-mel`` (EfficientAT's MobileNets, trained on 32 kHz audio): the 32 kHz model's
+  128-band Kaldi-mel layout (n_fft 1024, window 800, hop 320, 0..15 kHz, pre-emphasis 0.97,
+  ``log(x + 1e-5)``, ``(x + 4.5) / 5``) computed directly on 16 kHz audio: at 16 kHz the same
+  25 ms / 10 ms / 32 ms frames have the same 31.25 Hz bin spacing, so the 32 kHz filterbank applies
+  to the bins up to 8 kHz (the bands above stay empty, as they are in 16 kHz audio upsampled to
+  32 kHz); the power is scaled by (32/16)^2 for the longer 32 kHz window and the pre-emphasis is
+  applied as its 32 kHz frequency response. ``lowpass_hz`` band-limits the power spectrum so that
+  sources of different bandwidth look alike (see docs/MODEL.md for the measurements).
+
+The numpy implementation (runtime/features.py) and the torch
 implementation (train/features_torch.py) both read this spec and are parity-tested.
 """
 from __future__ import annotations
@@ -22,6 +34,7 @@ FLOAT32_EPS = 1.1920928955078125e-07
 class FeatureSpec:
     """Every number that defines the model input. Units are in the field names."""
 
+    kind: str = "kaldi-fbank"  # "kaldi-fbank" (AST) or "efficientat-mel" (MobileNetV3)
     sample_rate: int = 16000
     window_seconds: float = 8.0
     n_mels: int = 128
@@ -38,6 +51,10 @@ class FeatureSpec:
     # training replaces them with the training set's statistics.
     norm_mean: float = -4.2677393
     norm_std: float = 4.5689974
+    # efficientat-mel only: the sample rate whose FFT layout the mel bands assume (0: sample_rate)
+    # and a band limit applied to the power spectrum (0: none).
+    mel_rate_hz: float = 0.0
+    lowpass_hz: float = 0.0
 
     @property
     def frame_length(self) -> int:
@@ -95,6 +112,8 @@ class FeatureSpec:
                 raise BundleError(f"feature spec field {name!r} should be {expected.__name__}, got {value!r}")
             kwargs[name] = value
         spec = cls(**kwargs)
+        if spec.kind not in KINDS:
+            raise BundleError(f"feature spec kind {spec.kind!r} is not one of {', '.join(KINDS)}")
         if spec.window_type not in ("hanning", "povey"):
             raise BundleError(f"feature spec window_type {spec.window_type!r} is not 'hanning' or 'povey'")
         if spec.norm_std <= 0 or spec.sample_rate <= 0 or spec.n_mels <= 0:
@@ -105,7 +124,26 @@ class FeatureSpec:
         if spec.frame_length <= 0 or spec.frame_shift <= 0 or spec.window_samples < spec.frame_length:
             raise BundleError("feature spec frame length, frame shift and window must be positive, "
                               "with at least one frame per window")
+        if spec.mel_rate_hz < 0 or spec.lowpass_hz < 0:
+            raise BundleError("feature spec mel_rate_hz and lowpass_hz must be >= 0")
         return spec
+
+    @property
+    def mel_layout_rate(self) -> float:
+        """Sample rate whose FFT bins the mel filterbank is laid out for (Hz)."""
+        return self.mel_rate_hz if self.mel_rate_hz > 0 else float(self.sample_rate)
+
+
+#: The feature kinds a bundle may name.
+KINDS = ("kaldi-fbank", "efficientat-mel")
+
+
+def efficientat_spec(lowpass_hz: float = 0.0, window_seconds: float = 8.0) -> FeatureSpec:
+    """The EfficientAT (AudioSet mn*_as) front end for 16 kHz audio; ``lowpass_hz`` band-limits it."""
+    return FeatureSpec(kind="efficientat-mel", sample_rate=16000, window_seconds=window_seconds, n_mels=128,
+                       frame_length_ms=25.0, frame_shift_ms=10.0, window_type="hanning", preemphasis=0.97,
+                       remove_dc_offset=False, low_freq_hz=0.0, high_freq_hz=15000.0, log_floor=1e-5,
+                       norm_mean=-4.5, norm_std=2.5, mel_rate_hz=32000.0, lowpass_hz=float(lowpass_hz))
 
 
 def frames_for_samples(n_samples: int, spec: FeatureSpec) -> int:

@@ -20,7 +20,7 @@ from stethoedge.runtime.errors import StethoedgeError
 def cmd_demo(args: argparse.Namespace) -> int:
     from stethoedge.demo import run_demo
 
-    run_demo(Path(args.out), real_audio=args.real, epochs=args.epochs, patients=args.patients, preset=args.preset)
+    run_demo(Path(args.out), real_audio=args.real, weights=args.weights, epochs=args.epochs, patients=args.patients)
     return 0
 
 
@@ -42,12 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (cli_train, cli_generate, cli_export, cli_runtime):
         module.register(add)
 
-    p = add("demo", cmd_demo, "End to end on the embedded default: simulate -> train -> export -> classify -> bench.")
+    p = add("demo", cmd_demo, "End to end: the shipped model on real recordings, then simulate -> retrain the "
+                              "pretrained backbone -> export -> classify -> bench.")
     p.add_argument("--out", default="out/demo", help="working directory (default out/demo)")
-    p.add_argument("--real", default=None, help="also classify this real recording (e.g. an ICBHI WAV)")
-    p.add_argument("--epochs", type=_positive_int, default=8)
+    p.add_argument("--real", default=None,
+                   help="annotated real recordings (ICBHI layout: a folder, or one WAV/FLAC with its .txt beside it)")
+    p.add_argument("--weights", default=None, help="EfficientAT AudioSet weights the retraining starts from "
+                   "(e.g. ../shared/weights/efficientat_mn04_as.pt)")
+    p.add_argument("--epochs", type=_positive_int, default=6)
     p.add_argument("--patients", type=_positive_int, default=20)
-    p.add_argument("--preset", default="nano", choices=["micro", "nano", "tiny", "small", "base"])
 
     try:
         from stethoedge.firmware_bridge.cli import add_bridge_parser
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _extra_for(command: str) -> str:
-    return {"train": "train", "simulate": "train", "export": "export", "demo": "export"}.get(command, "runtime")
+    return {"train": "train", "train-edge": "train", "simulate": "train", "export": "export",
+            "demo": "export"}.get(command, "runtime")
 
 
 if __name__ == "__main__":

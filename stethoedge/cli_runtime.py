@@ -33,6 +33,29 @@ def _smoothing(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _bundle_and_target(args: argparse.Namespace, target: str) -> None:
+    """``[BUNDLE] TARGET``: one path is the target with the shipped default bundle, two are bundle and target."""
+    from stethoedge.runtime.errors import StethoedgeError
+
+    paths = args.paths
+    if len(paths) > 2:
+        raise StethoedgeError(f"expected [BUNDLE] {target.upper()}, got {len(paths)} paths: {' '.join(paths)}")
+    if len(paths) == 1:
+        from stethoedge.models import default_bundle
+
+        args.bundle = str(default_bundle())
+    else:
+        args.bundle = paths[0]
+    setattr(args, target, paths[-1])
+
+
+def _default_bundle_if_none(args: argparse.Namespace) -> None:
+    if args.bundle is None:
+        from stethoedge.models import default_bundle
+
+        args.bundle = str(default_bundle())
+
+
 def _open_classifier(args: argparse.Namespace):
     from stethoedge.runtime.engine import Classifier
 
@@ -90,6 +113,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from stethoedge.runtime.sources import FileSource
 
     _stop_on_sigterm()
+    _bundle_and_target(args, "audio")
     source = FileSource(args.audio, realtime=args.realtime)  # header first: a bad file fails before the model loads
     clf = _open_classifier(args)
     recorder = _recorder(args)
@@ -120,6 +144,7 @@ def cmd_classify_batch(args: argparse.Namespace) -> int:
     from stethoedge.runtime.batch import BatchOptions, classify_files, list_audio
     from stethoedge.runtime.jsonl import JsonlWriter
 
+    _bundle_and_target(args, "directory")
     files = list_audio(args.directory)
     options = BatchOptions(args.bundle, artifact=args.artifact, backend=args.backend, threads=args.threads or 1,
                            allow_degraded=args.allow_degraded, require_signature=args.require_signature,
@@ -177,6 +202,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     _stop_on_sigterm()
     logging.basicConfig(level=logging.WARNING, format="# %(name)s: %(message)s", stream=sys.stderr)
+    _default_bundle_if_none(args)
     clf = _open_classifier(args)
     source, what = _live_source(args)
     recorder = _recorder(args)
@@ -265,8 +291,9 @@ def _recording_options(p: argparse.ArgumentParser) -> None:
 def register(add: AddCommand) -> None:
     """Add this module's subcommands to the parser."""
     p = add("classify", cmd_classify, "Classify a recording as a stream of 8 s windows.")
-    p.add_argument("bundle", help="bundle directory from `stethoedge export`")
-    p.add_argument("audio", help="WAV file (any rate 4-192 kHz, any bit depth, mono or multi-channel)")
+    p.add_argument("paths", nargs="+", metavar="[BUNDLE] AUDIO",
+                   help="bundle directory from `stethoedge export` (default: the shipped model), then the recording "
+                        "(WAV/FLAC/..., any rate 4-192 kHz, any bit depth, mono or multi-channel)")
     p.add_argument("--jsonl", default=None, help="write JSON lines to this file ('-' for stdout only)")
     p.add_argument("--realtime", action="store_true", help="replay at the recording's own pace (default: as fast as possible)")
     _common(p)
@@ -274,14 +301,14 @@ def register(add: AddCommand) -> None:
 
     p = add("classify-batch", cmd_classify_batch,
             "Classify every WAV/FLAC in a directory with N worker processes (output in file order).")
-    p.add_argument("bundle", help="bundle directory from `stethoedge export`")
-    p.add_argument("directory", help="directory of recordings")
+    p.add_argument("paths", nargs="+", metavar="[BUNDLE] DIRECTORY",
+                   help="bundle directory (default: the shipped model), then the directory of recordings")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
     p.add_argument("--jsonl", default=None, help="write JSON lines (with a 'file' field) here ('-' for stdout only)")
     _common(p)
 
     p = add("listen", cmd_listen, "Classify live audio (sound card, firmware bridge or a real-time replay) until stopped.")
-    p.add_argument("bundle")
+    p.add_argument("bundle", nargs="?", default=None, help="bundle directory (default: the shipped model)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--device", default=None, help="input device index or name (default: the system default input)")
     src.add_argument("--bridge", default=None, help="serial port of a firmware-bridge stethoscope (e.g. /dev/ttyACM0, a pty)")

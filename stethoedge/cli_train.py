@@ -115,6 +115,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_edge(args: argparse.Namespace) -> int:
+    from stethoedge.train.edge_learner import EdgeRecipe, run_recipe
+
+    values = load_config_file(args.recipe)
+    values["out"] = args.out
+    for key in ("epochs", "seed", "threads", "cache_dir"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    metrics = run_recipe(EdgeRecipe.from_dict(values))
+    for key in ("test-inter/sprsound", "eval/icbhi"):
+        for name, rep in metrics["evaluation"].get(key, {}).items():
+            m = rep["metrics"]
+            print(f"{key:<22} {name:<30} ICBHI Score {m['icbhi_score']:.3f}  SPRSound binary Score "
+                  f"{m['binary_score']:.3f}")
+    print(f"run written to {args.out} (export it: stethoedge export {args.out} --out BUNDLE)")
+    return 0
+
+
 def register(add: AddCommand) -> None:
     """Add this module's subcommands to the parser."""
     p = add("simulate", cmd_simulate, "Write a synthetic respiratory-sound dataset in the ICBHI 2017 layout.")
@@ -123,6 +141,15 @@ def register(add: AddCommand) -> None:
     p.add_argument("--recordings", type=_positive_int, default=3, help="recordings per patient (default 3)")
     p.add_argument("--duration", type=_positive_float, default=20.0, help="seconds per recording (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+
+    p = add("train-edge", cmd_train_edge, "Fine-tune the AudioSet-pretrained EfficientAT mn04 on real recordings "
+            "(SPRSound + ICBHI) with a recipe; resumable; writes a run directory with its evaluation.")
+    p.add_argument("--recipe", required=True, help="recipe .toml (e.g. train/recipes/real-edge.toml)")
+    p.add_argument("--out", required=True, help="run directory (an interrupted run here resumes)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs")
+    p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
+    p.add_argument("--cache-dir", default=None, help="feature/trunk cache (default: the recipe's)")
 
     p = add("train", cmd_train, "Train the AST classifier on an ICBHI-layout directory; writes a run directory.")
     p.add_argument("--data", default=None, help="dataset root (ICBHI layout: <stem>.wav + <stem>.txt, split file)")

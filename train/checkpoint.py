@@ -23,7 +23,7 @@ class LoadedCheckpoint:
     """A rebuilt model in eval mode with its spec and metadata (an EnsembleAST for ensemble runs)."""
 
     model: nn.Module
-    config: ASTConfig
+    config: Any  # ASTConfig or MNConfig
     spec: FeatureSpec
     labels: tuple[str, ...]
     meta: dict[str, Any]
@@ -40,14 +40,39 @@ def read_torch_file(path: str | os.PathLike, missing: str, what: str = "checkpoi
         raise DataError(f"{p}: unreadable {what} ({str(exc).splitlines()[0]})") from None
 
 
-def save_checkpoint(path: Path, model: AST, config: ASTConfig, spec: FeatureSpec, **meta: Any) -> None:
-    """Write weights + config + spec atomically (temporary file, then rename); ``model`` must be a plain AST."""
+#: Architectures a checkpoint may hold (see build_model).
+ARCHITECTURES = ("ast", "efficientat-mn")
+
+
+def architecture_of(model: nn.Module) -> str:
+    """The checkpoint architecture name of a model instance."""
+    from stethoedge.train.efficientat import MobileNetV3Audio
+
+    return "efficientat-mn" if isinstance(model, MobileNetV3Audio) else "ast"
+
+
+def build_model(architecture: str, config: dict[str, Any]) -> tuple[nn.Module, Any]:
+    """An untrained model and its config object for a checkpoint's architecture name and config dict."""
+    if architecture == "efficientat-mn":
+        from stethoedge.train.efficientat import MNConfig, MobileNetV3Audio
+
+        cfg = MNConfig(**config)
+        return MobileNetV3Audio(cfg), cfg
+    if architecture == "ast":
+        ast_cfg = ASTConfig(**config)
+        return AST(ast_cfg), ast_cfg
+    raise DataError(f"unknown architecture {architecture!r}; this stethoedge knows {', '.join(ARCHITECTURES)}")
+
+
+def save_checkpoint(path: Path, model: nn.Module, config: Any, spec: FeatureSpec, **meta: Any) -> None:
+    """Write weights + architecture + config + spec atomically (temporary file, then rename); no adapters."""
     from stethoedge.train.adapters import has_adapters
 
     if has_adapters(model):
         raise ValueError("merge adapters (stethoedge.train.adapters.merge_adapters) before saving a checkpoint")
     payload = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_config": config.to_dict(),
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "architecture": architecture_of(model),
+        "model_config": config.to_dict(),
         "feature_spec": spec.to_dict(), "labels": list(CLASSES), "state_dict": model.state_dict(), "meta": meta,
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -65,14 +90,16 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
         raise DataError(f"{p}: not a stethoedge checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:
         raise DataError(f"{p}: checkpoint version {payload.get('version')} is not supported")
-    config = ASTConfig(**payload["model_config"])
+    architecture = payload.get("architecture", "ast")
     if payload.get("kind") == "ensemble":
         from stethoedge.train.ensemble import ensemble_from_payload
 
+        config = ASTConfig(**payload["model_config"])
         model: nn.Module = ensemble_from_payload(payload)
     else:
-        model = AST(config)
-        model.load_state_dict(upgrade_state_dict(payload["state_dict"]))
+        model, config = build_model(architecture, payload["model_config"])
+        state = payload["state_dict"]
+        model.load_state_dict(upgrade_state_dict(state) if architecture == "ast" else state)
         model.eval()
     return LoadedCheckpoint(model, config, FeatureSpec.from_dict(payload["feature_spec"]), tuple(payload["labels"]),
                             dict(payload.get("meta", {})))

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 
 from stethoedge.runtime.feature_spec import FeatureSpec, frames_for_samples
-from stethoedge.runtime.features import analysis_window, mel_filterbank
+from stethoedge.runtime.features import analysis_window, mel_filterbank, spectral_weight
 
 
 def log_mel_fbank_torch(audio: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
-    """Kaldi-compatible log-mel of (batch, samples) or (samples,) audio -> (batch, frames, mels)."""
+    """Log-mel (``spec.kind``) of (batch, samples) or (samples,) audio -> (batch, frames, mels)."""
     squeeze = audio.dim() == 1
     if squeeze:
         audio = audio.unsqueeze(0)
@@ -23,9 +23,10 @@ def log_mel_fbank_torch(audio: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
     if n_frames == 0:
         raise ValueError(f"audio of {audio.shape[-1]} samples is shorter than one frame")
     frames = audio.unfold(-1, spec.frame_length, spec.frame_shift)[:, :n_frames]
+    weight = spectral_weight(spec)
     if spec.remove_dc_offset:
         frames = frames - frames.mean(dim=-1, keepdim=True)
-    if spec.preemphasis:
+    if spec.preemphasis and weight is None:
         previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
         frames = frames - spec.preemphasis * previous
     window = torch.from_numpy(analysis_window(spec).astype("float64")).to(audio.device)
@@ -33,8 +34,11 @@ def log_mel_fbank_torch(audio: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
     spectrum = torch.fft.rfft(frames, n=spec.fft_size, dim=-1)
     power = spectrum.real.square() + spectrum.imag.square()
     banks = torch.from_numpy(mel_filterbank(spec).copy()).to(audio.device)
-    mel = power.to(torch.float32) @ banks.T
-    out = torch.log(torch.clamp(mel, min=spec.log_floor))
+    if weight is not None:
+        power = power * torch.from_numpy(weight.copy()).to(audio.device)
+        out = torch.log(power.to(torch.float32) @ banks.T + spec.log_floor)
+    else:
+        out = torch.log(torch.clamp(power.to(torch.float32) @ banks.T, min=spec.log_floor))
     return out[0] if squeeze else out
 
 

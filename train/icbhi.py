@@ -38,6 +38,8 @@ _STEM_RE = re.compile(
     r"^(?P<patient>\d+)_(?P<index>[0-9A-Za-z]+)_(?P<location>[A-Za-z]{2})_(?P<mode>[a-z]{2})_(?P<device>[0-9A-Za-z]+)$"
 )
 
+#: Audio encodings a recording may come in (the annotation is always <stem>.txt).
+AUDIO_SUFFIXES = (".wav", ".flac")
 
 @dataclass(frozen=True)
 class Cycle:
@@ -279,7 +281,7 @@ def find_split_file(root: Path) -> Path | None:
 def list_recordings(
     root: str | os.PathLike, split_file: str | os.PathLike | None = None, split_fallback: str | None = None
 ) -> list[Recording]:
-    """Every ``<stem>.wav`` with a ``<stem>.txt`` beside it anywhere under ``root``, sorted by stem.
+    """Every ``<stem>.wav`` (or ``.flac``) with a ``<stem>.txt`` beside it anywhere under ``root``, by stem.
 
     The split comes from ``split_file``, else from ``ICBHI_challenge_train_test.txt`` under
     ``root``, else from ``default_patient_split``; ``split_fallback`` is passed to
@@ -292,7 +294,7 @@ def list_recordings(
         raise DataError(f"{root}: not a directory")
     pairs: dict[str, tuple[Path, Path]] = {}
     # Hidden files are skipped: macOS zips carry "._<stem>.wav" resource forks beside the audio.
-    wavs = (p for p in root.rglob("*") if p.suffix.lower() == ".wav" and not p.name.startswith(".") and p.is_file())
+    wavs = (p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".") and p.is_file())
     for wav in sorted(wavs):
         txt = wav.with_suffix(".txt")
         if not txt.is_file():
@@ -302,7 +304,7 @@ def list_recordings(
             raise DataError(f"{wav}: recording {wav.stem} also exists as {pairs[wav.stem][0]}")
         pairs[wav.stem] = (wav, txt)
     if not pairs:
-        raise DataError(f"{root}: no <stem>.wav + <stem>.txt pairs found")
+        raise DataError(f"{root}: no <stem>.wav (or .flac) + <stem>.txt pairs found")
     infos = {stem: _stem_info(stem, wav) for stem, (wav, _) in pairs.items()}
     if split_file is None:
         split_file = find_split_file(root)

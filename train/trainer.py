@@ -27,7 +27,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,6 +49,7 @@ from stethoedge.train.distill import distillation_loss
 from stethoedge.train.domain import REAL, SYNTHETIC, DomainHead, aft_loss
 from stethoedge.train.ema import make_ema
 from stethoedge.train.metrics import evaluate, softmax
+from stethoedge.train.options import from_options
 from stethoedge.train.model import AST, count_parameters, gflops_per_window, preset_config
 from stethoedge.train.sam import SAM
 
@@ -109,11 +110,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict, rejecting unknown keys with a clear message."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DataError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**values)
+        return from_options(cls, values, "training option")
 
 
 class Trainee(nn.Module):

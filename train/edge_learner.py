@@ -1,0 +1,454 @@
+"""The real-data recipe for the AudioSet-pretrained edge CNN (EfficientAT mn04), sized for a 2-core CPU.
+
+``run_recipe(EdgeRecipe)``:
+
+1. builds the multi-source example table (train/sources.py: SPRSound events + ICBHI cycles, 8 s
+   cyclic windows, patient-held-out val/eval roles, cached front end);
+2. runs the frozen pretrained trunk (``features[:tune_from]``, BatchNorm statistics kept) once over
+   every window and over ``views`` augmented copies of each training window (band-limiting to a
+   random cut-off, gain, SpecAugment masks, time roll) and caches its output: the CPU then only
+   trains the tail, which is what fits in the budget;
+3. fine-tunes the tail (``features[tune_from:]`` + MLP head, new 4-class layer) with SAM/ASAM or
+   AdamW, label smoothing, L2-SP towards the pretrained tail weights, and a sampler that balances
+   sources and, within each source, classes; one epoch = ``samples_per_epoch`` draws;
+4. selects the epoch on validation patients only: the mean over sources of the 4-class Score;
+5. fits the baselines on the same splits (always-normal, a class/source-balanced logistic probe on
+   the frozen pooled embedding, its L2 chosen on validation) and evaluates everything on every role;
+6. writes a training run directory that ``stethoedge export`` turns into a bundle.
+
+State is saved after every epoch (``state.pt``): an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from stethoedge.runtime.bundle import atomic_write_text
+from stethoedge.runtime.errors import DataError
+from stethoedge.runtime.feature_spec import FeatureSpec, efficientat_spec
+from stethoedge.runtime.features import kaldi_mel
+from stethoedge.train.efficientat import MNConfig, MobileNetV3Audio, load_efficientat
+from stethoedge.train.evaluation import point_metrics, report
+from stethoedge.train.options import from_options
+from stethoedge.train.sam import SAM
+from stethoedge.train.sources import ExampleTable, SourceConfig, build_table, summary
+
+log = logging.getLogger("stethoedge.train")
+
+
+@dataclass
+class EdgeRecipe:
+    """Every setting of one real-data run (train/recipes/real-edge.toml)."""
+
+    out: str
+    weights: str
+    sprsound: str | None = None
+    icbhi: str | None = None
+    icbhi_test: str | None = None
+    cache_dir: str = "runs/cache"
+    val_fraction: float = 0.2
+    icbhi_eval_fraction: float = 0.25
+    max_per_source: int | None = None
+    width_mult: float = 0.4
+    lowpass_hz: float = 0.0
+    tune_from: int = 11  # first trainable block of features (17 = only the MLP head)
+    views: int = 2  # augmented copies of every training window (0 = none)
+    band_limit_p: float = 0.5
+    band_limit_hz: tuple[float, float] = (800.0, 4000.0)
+    gain_db: float = 6.0
+    epochs: int = 12
+    samples_per_epoch: int = 4000
+    batch_size: int = 64
+    lr: float = 1e-3
+    tail_lr: float = 2e-4
+    weight_decay: float = 1e-4
+    l2sp: float = 1e-2
+    label_smoothing: float = 0.1
+    dropout: float = 0.3
+    optimizer: str = "sam"  # sam | asam | adamw
+    rho: float = 0.05
+    seed: int = 0
+    threads: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "EdgeRecipe":
+        """Build from a flat dict; unknown keys are a DataError."""
+        values = dict(values)
+        if "band_limit_hz" in values:
+            values["band_limit_hz"] = tuple(float(v) for v in values["band_limit_hz"])
+        return from_options(cls, values, "recipe option")
+
+
+# --------------------------------------------------------------------------- augmentation (feature domain)
+
+
+def band_centres_hz(spec: FeatureSpec) -> np.ndarray:
+    """Centre frequency of every mel band of ``spec`` (Hz)."""
+    high = spec.high_freq_hz if spec.high_freq_hz > 0 else 0.5 * spec.mel_layout_rate + spec.high_freq_hz
+    lo, hi = kaldi_mel(spec.low_freq_hz), kaldi_mel(high)
+    centres = lo + (np.arange(spec.n_mels) + 1) * (hi - lo) / (spec.n_mels + 1)
+    return 700.0 * (np.exp(centres / 1127.0) - 1.0)
+
+
+class FeatureAugment:
+    """Random band limit (bands above a cut-off set to the log floor), gain, one frequency and one time mask, roll.
+
+    Acts on normalised features (batch, frames, mels) of an ``efficientat-mel`` spec; band limiting
+    imitates stethoscopes of lower bandwidth (SPRSound 4 kHz, Litt3200 2 kHz) so that bandwidth
+    stops telling the sources apart.
+    """
+
+    def __init__(self, spec: FeatureSpec, recipe: EdgeRecipe, seed: int) -> None:
+        self.centres = torch.from_numpy(band_centres_hz(spec)).float()
+        self.floor = float((math.log(spec.log_floor) - spec.norm_mean) / (2 * spec.norm_std))
+        self.gain_unit = math.log(10.0) / 10.0 / (2 * spec.norm_std)  # one dB in normalised units
+        self.r = recipe
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def _u(self, n: int, lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=self.gen)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        n, frames, mels = x.shape
+        at_floor = x <= self.floor + 1e-3
+        gain = self._u(n, -self.r.gain_db, self.r.gain_db) * self.gain_unit
+        x = torch.where(at_floor, x, x + gain[:, None, None])
+        cut = self._u(n, *self.r.band_limit_hz)
+        limit = (torch.rand(n, generator=self.gen) < self.r.band_limit_p)[:, None] & (self.centres[None] > cut[:, None])
+        x = torch.where(limit[:, None, :], torch.full_like(x, self.floor), x)
+        for i in range(n):
+            f0, fw = int(torch.randint(0, mels - 16, (1,), generator=self.gen)), int(torch.randint(0, 16, (1,), generator=self.gen))
+            t0, tw = int(torch.randint(0, frames - 80, (1,), generator=self.gen)), int(torch.randint(0, 80, (1,), generator=self.gen))
+            x[i, :, f0:f0 + fw] = x[i].mean()
+            x[i, t0:t0 + tw, :] = x[i].mean()
+            x[i] = torch.roll(x[i], int(torch.randint(0, frames, (1,), generator=self.gen)), dims=0)
+        return x
+
+
+# --------------------------------------------------------------------------- trunk cache
+
+
+def trunk_outputs(trunk: nn.Module, features: np.ndarray, idx: np.ndarray, path: Path,
+                  augment: FeatureAugment | None = None, batch: int = 32, desc: str = "trunk") -> np.ndarray:
+    """Frozen trunk output for ``features[idx]`` (optionally augmented), cached as float32 .npy at ``path``."""
+    if path.is_file():
+        return np.load(path, mmap_mode="r")
+    from tqdm import tqdm
+
+    out = None
+    with torch.no_grad():
+        for s in tqdm(range(0, len(idx), batch), desc=desc, unit="batch"):
+            x = torch.from_numpy(np.asarray(features[idx[s:s + batch]], dtype=np.float32))
+            if augment is not None:
+                x = augment(x)
+            y = trunk(MobileNetV3Audio.to_image(x)).numpy()
+            if out is None:
+                out = np.lib.format.open_memmap(path.with_name(f".{path.name}.tmp-{os.getpid()}"), mode="w+",
+                                                dtype=np.float32, shape=(len(idx), *y.shape[1:]))
+            out[s:s + len(y)] = y
+    assert out is not None
+    out.flush()
+    tmp = Path(out.filename)
+    del out
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+# --------------------------------------------------------------------------- tail
+
+
+class Tail(nn.Module):
+    """``features[tune_from:]`` + the classifier of a MobileNetV3Audio, on cached trunk outputs."""
+
+    def __init__(self, model: MobileNetV3Audio, tune_from: int) -> None:
+        super().__init__()
+        self.blocks = copy.deepcopy(model.features[tune_from:])
+        self.classifier = copy.deepcopy(model.classifier)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.blocks(h))
+
+    def pooled(self, h: torch.Tensor) -> torch.Tensor:
+        """The 384-d pooled embedding (the frozen probe's input)."""
+        return self.blocks(h).mean(dim=(2, 3))
+
+    def train(self, mode: bool = True) -> "Tail":
+        super().train(mode)
+        for m in self.modules():  # keep the pretrained BatchNorm statistics
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+
+def sample_weights(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """Each source equally likely, and within a source each present class equally likely."""
+    w = np.zeros(len(labels), dtype=np.float64)
+    srcs = np.unique(sources)
+    for s in srcs:
+        in_s = sources == s
+        classes = np.unique(labels[in_s])
+        for c in classes:
+            m = in_s & (labels == c)
+            w[m] = 1.0 / (len(srcs) * len(classes) * m.sum())
+    return w / w.sum()
+
+
+def predict_tail(tail: Tail, h: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Logits of the tail on cached trunk outputs."""
+    tail.eval()
+    with torch.no_grad():
+        return np.concatenate([tail(torch.from_numpy(np.array(h[s:s + batch]))).numpy()
+                               for s in range(0, len(h), batch)]) if len(h) else np.zeros((0, 4), np.float32)
+
+
+def selection_score(logits: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> tuple[float, dict[str, float]]:
+    """Mean over sources of the 4-class ICBHI Score (validation selection metric) and the per-source scores."""
+    per = {}
+    for s in np.unique(sources):
+        m = sources == s
+        per[str(s)] = point_metrics(labels[m], logits[m].argmax(1))["icbhi_score"]
+    return float(np.mean(list(per.values()))), per
+
+
+def fit_probe(x_train: np.ndarray, y_train: np.ndarray, w_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+              s_val: np.ndarray, l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)) -> tuple[nn.Linear, dict]:
+    """Weighted multinomial logistic regression (LBFGS) on standardised embeddings; L2 chosen on validation."""
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    xt = torch.from_numpy(((x_train - mean) / std).astype(np.float32))
+    yt, wt = torch.from_numpy(y_train), torch.from_numpy((w_train * len(w_train)).astype(np.float32))
+    best = None
+    for l2 in l2_grid:
+        lin = nn.Linear(xt.shape[1], 4)
+        opt = torch.optim.LBFGS(lin.parameters(), max_iter=300, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = (nn.functional.cross_entropy(lin(xt), yt, reduction="none") * wt).mean() + l2 * lin.weight.square().sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            logits = lin(torch.from_numpy(((x_val - mean) / std).astype(np.float32))).numpy()
+        score, per = selection_score(logits, y_val, s_val)
+        if best is None or score > best[0]:
+            best = (score, l2, lin, per)
+    score, l2, lin, per = best
+    # Fold the standardisation into the layer: one Linear on raw embeddings.
+    with torch.no_grad():
+        w = lin.weight / torch.from_numpy(std.astype(np.float32))
+        lin.bias -= (w * torch.from_numpy(mean.astype(np.float32))).sum(1)
+        lin.weight.copy_(w)
+    return lin, {"l2": l2, "val_selection_score": score, "val_per_source": per}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _save_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def run_recipe(r: EdgeRecipe) -> dict[str, Any]:
+    """Run the recipe end to end (resumable); return the metrics also written to OUT/metrics.json."""
+    started = time.time()
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    torch.manual_seed(r.seed)
+    out = Path(r.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = efficientat_spec(lowpass_hz=r.lowpass_hz)
+    src = SourceConfig(sprsound=r.sprsound, icbhi=r.icbhi, icbhi_test=r.icbhi_test, val_fraction=r.val_fraction,
+                       icbhi_eval_fraction=r.icbhi_eval_fraction, seed=r.seed, max_per_source=r.max_per_source)
+    table = build_table(src, spec, r.cache_dir)
+    counts = summary(table)
+    print("examples (normal, crackle, wheeze, both, patients): " + json.dumps(counts), flush=True)
+    pretrained, load_report = load_efficientat(r.weights, MNConfig(width_mult=r.width_mult, n_classes=4,
+                                                                    n_frames=spec.num_frames, n_mels=spec.n_mels,
+                                                                    dropout=r.dropout))
+    trunk = pretrained.features[:r.tune_from].eval()
+    cache = Path(table.info["cache"])
+    tag = f"trunk{r.tune_from}-mn{r.width_mult}"
+    all_idx = np.arange(len(table))
+    h_clean = trunk_outputs(trunk, table.features, all_idx, cache / f"{tag}-clean.npy", desc="trunk (clean)")
+    train_idx = table.where("train")
+    views = [h_clean[train_idx]] if len(train_idx) else []
+    for v in range(r.views):
+        aug = FeatureAugment(spec, r, seed=1000 + v)
+        views.append(trunk_outputs(trunk, table.features, train_idx, cache / f"{tag}-view{v}-s{r.seed}.npy", aug,
+                                   desc=f"trunk (augmented view {v + 1}/{r.views})"))
+    val_idx = table.where("val")
+    if not len(train_idx) or not len(val_idx):
+        raise DataError(f"need training and validation windows, got {len(train_idx)} and {len(val_idx)}")
+    y_train, s_train = table.label[train_idx], table.source[train_idx]
+    y_val, s_val = table.label[val_idx], table.source[val_idx]
+    h_val = np.asarray(h_clean[val_idx])
+
+    tail = Tail(pretrained, r.tune_from)
+    reference = {k: v.detach().clone() for k, v in tail.named_parameters() if not k.startswith("classifier.5")}
+    head_params = [p for k, p in tail.named_parameters() if k.startswith("classifier.5")]
+    body_params = [p for k, p in tail.named_parameters() if not k.startswith("classifier.5")]
+    groups = [{"params": head_params, "lr": r.lr}, {"params": body_params, "lr": r.tail_lr}]
+    if r.optimizer in ("sam", "asam"):
+        optimizer: torch.optim.Optimizer = SAM(groups, torch.optim.AdamW, rho=r.rho, adaptive=r.optimizer == "asam",
+                                               weight_decay=r.weight_decay)
+        base = optimizer.base_optimizer
+    elif r.optimizer == "adamw":
+        optimizer = base = torch.optim.AdamW(groups, weight_decay=r.weight_decay)
+    else:
+        raise DataError(f"optimizer {r.optimizer!r} is not sam, asam or adamw")
+    steps_per_epoch = math.ceil(r.samples_per_epoch / r.batch_size)
+    total = r.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        base, lambda s: min(1.0, (s + 1) / steps_per_epoch) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    weights = torch.from_numpy(sample_weights(y_train, s_train))
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ce = nn.functional.cross_entropy(logits, y, label_smoothing=r.label_smoothing)
+        sp = sum((p - reference[k]).square().sum() for k, p in tail.named_parameters() if k in reference)
+        return ce + r.l2sp * sp
+
+    state_path = out / "state.pt"
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    start_epoch = 0
+    gen = torch.Generator().manual_seed(r.seed)
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["recipe"] != asdict(r):
+            raise DataError(f"{state_path} belongs to a run with other settings; use a new --out")
+        tail.load_state_dict(state["tail"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        gen.set_state(state["gen"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        print(f"resumed from {state_path} after epoch {start_epoch}", flush=True)
+
+    from tqdm import tqdm
+
+    for epoch in range(start_epoch, r.epochs):
+        tail.train()
+        draws = torch.multinomial(weights, steps_per_epoch * r.batch_size, replacement=True, generator=gen).numpy()
+        view_of = torch.randint(0, len(views), (len(draws),), generator=gen).numpy()
+        total_loss = 0.0
+        for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{r.epochs}", unit="step", leave=False):
+            sl = slice(step * r.batch_size, (step + 1) * r.batch_size)
+            h = torch.from_numpy(np.stack([views[v][i] for v, i in zip(view_of[sl], draws[sl])]))
+            y = torch.from_numpy(y_train[draws[sl]])
+            loss = loss_fn(tail(h), y)
+            loss.backward()
+            if isinstance(optimizer, SAM):
+                optimizer.first_step()
+                loss_fn(tail(h), y).backward()
+                optimizer.second_step()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            total_loss += loss.item()
+        logits = predict_tail(tail, h_val)
+        score, per = selection_score(logits, y_val, s_val)
+        val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y_val)))
+        history.append({"epoch": epoch + 1, "train_loss": total_loss / steps_per_epoch, "val_loss": val_loss,
+                        "val_selection_score": score, **{f"val_score_{k}": v for k, v in per.items()}})
+        print(f"epoch {epoch + 1}/{r.epochs}: loss {total_loss / steps_per_epoch:.4f} val loss {val_loss:.4f} "
+              f"val Score (mean over sources) {score:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in per.items()),
+              flush=True)
+        if best is None or score > best["val_selection_score"]:
+            best = {"epoch": epoch + 1, "val_selection_score": score, "val_per_source": per,
+                    "tail": copy.deepcopy(tail.state_dict())}
+        torch.save({"tail": tail.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "gen": gen.get_state(), "history": history, "best": best,
+                    "epoch": epoch + 1, "recipe": asdict(r)}, state_path.with_suffix(".tmp"))
+        os.replace(state_path.with_suffix(".tmp"), state_path)
+    assert best is not None
+    tail.load_state_dict(best["tail"])
+
+    # Baselines on the same splits: the frozen pretrained embedding + logistic probe.
+    frozen = Tail(pretrained, r.tune_from).eval()
+    with torch.no_grad():
+        emb = np.concatenate([frozen.pooled(torch.from_numpy(np.array(h_clean[s:s + 256]))).numpy()
+                              for s in range(0, len(table), 256)])
+    probe, probe_info = fit_probe(emb[train_idx], y_train, sample_weights(y_train, s_train), emb[val_idx], y_val, s_val)
+    with torch.no_grad():
+        probe_logits = probe(torch.from_numpy(emb)).numpy()
+    model_logits = predict_tail(tail, h_clean)
+    predictions = {"always-normal": np.zeros(len(table), np.int64),
+                   "mn04 frozen + logistic probe": probe_logits.argmax(1),
+                   "mn04 fine-tuned (shipped)": model_logits.argmax(1)}
+    evaluation = evaluate_table(table, predictions)
+
+    model = assemble(pretrained, tail, r.tune_from)
+    metrics = {"recipe": asdict(r), "examples": counts, "pretrained": load_report, "best_epoch": best["epoch"],
+               "selected_on": "validation patients (mean over sources of the 4-class Score)",
+               "val_selection_score": best["val_selection_score"], "val_per_source": best["val_per_source"],
+               "probe": probe_info, "history": history, "evaluation": evaluation,
+               "train_seconds": time.time() - started}
+    write_run(out, model, spec, table, metrics, src)
+    np.savez(out / "predictions.npz", **{k: v for k, v in predictions.items()}, label=table.label, role=table.role,
+             source=table.source, patient=table.patient, device=table.device, model_logits=model_logits,
+             probe_logits=probe_logits)
+    return metrics
+
+
+def evaluate_table(table: ExampleTable, predictions: dict[str, np.ndarray], n_boot: int = 1000) -> dict[str, Any]:
+    """report() of every prediction set on every (role, source) and (role, source, device) with windows."""
+    out: dict[str, Any] = {}
+    for role in sorted(set(table.role.tolist())):
+        for source in sorted(set(table.source[table.role == role].tolist())):
+            idx = table.where(role, source)
+            key = f"{role}/{source}"
+            out[key] = {name: report(table.label[idx], pred[idx], table.patient[idx], n_boot=n_boot)
+                        for name, pred in predictions.items()}
+            devices = sorted(set(table.device[idx].tolist()))
+            if len(devices) > 1:
+                for d in devices:
+                    di = idx[table.device[idx] == d]
+                    out[f"{key}/{d}"] = {name: report(table.label[di], pred[di], table.patient[di], n_boot=n_boot)
+                                         for name, pred in predictions.items()}
+    return out
+
+
+def assemble(pretrained: MobileNetV3Audio, tail: Tail, tune_from: int) -> MobileNetV3Audio:
+    """One MobileNetV3Audio: the pretrained trunk followed by the fine-tuned tail and head (eval mode)."""
+    model = copy.deepcopy(pretrained)
+    for i, block in enumerate(tail.blocks):
+        model.features[tune_from + i] = copy.deepcopy(block)
+    model.classifier = copy.deepcopy(tail.classifier)
+    return model.eval()
+
+
+def write_run(out: Path, model: MobileNetV3Audio, spec: FeatureSpec, table: ExampleTable, metrics: dict[str, Any],
+              src: SourceConfig) -> None:
+    """checkpoint.pt + splits.json (+ metrics.json): the run directory ``stethoedge export`` reads."""
+    from stethoedge.train.checkpoint import save_checkpoint
+
+    save_checkpoint(out / "checkpoint.pt", model, model.cfg, spec, epoch=metrics["best_epoch"],
+                    trained_on=describe_training(metrics, src))
+    icbhi = {role: sorted(set(table.recording[(table.source == "icbhi") & (table.role == role)].tolist()))
+             for role in ("train", "val", "eval")}
+    _save_json(out / "splits.json", {"data": str(Path(src.icbhi).resolve()) if src.icbhi else None,
+                                     "train": icbhi["train"], "val": icbhi["val"], "test": icbhi["eval"],
+                                     "note": "ICBHI recordings by role; 'test' = held-out ICBHI patients (eval)"})
+    _save_json(out / "metrics.json", metrics)
+
+
+def describe_training(metrics: dict[str, Any], src: SourceConfig) -> dict[str, Any]:
+    """What the model was trained on, for the checkpoint and the bundle manifest."""
+    return {"sources": {"sprsound": "SPRSound 2022 train2022 (CC BY), minus validation patients" if src.sprsound else None,
+                        "icbhi": "ICBHI 2017 official-train recordings (research use), minus val/eval patients"
+                        if src.icbhi else None},
+            "examples": metrics["examples"], "pretrained": "EfficientAT mn04_as (AudioSet, MIT)",
+            "selected_on": metrics["selected_on"], "best_epoch": metrics["best_epoch"]}
