@@ -44,7 +44,7 @@ def build_representative_set(data: str | os.PathLike, spec: FeatureSpec, max_win
     if not recs:
         raise DataError(f"{root}: no recordings left for the representative set")
     ws = build_window_set(recs, spec, max_windows=max_windows, seed=seed, purpose="calibration (representative set)")
-    ws.provenance.update(data=str(root.resolve()), excluded_recordings=sorted(exclude or ()))
+    ws.provenance.update(data=root.resolve().name, excluded_recordings=sorted(exclude or ()))
     warn_if_small(ws)
     return ws
 

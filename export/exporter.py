@@ -84,7 +84,7 @@ def heldout_windows(run: Path, spec, data: str | None, max_windows: int, seed: i
         if recs:
             ws = build_window_set(recs, spec, max_windows=max_windows, seed=seed, purpose=f"verification ({split} split)")
             ws.provenance["split"] = split
-            ws.provenance["data"] = str(root)
+            ws.provenance["data"] = root.resolve().name  # the dataset folder, not this machine's path
             return ws
     raise DataError(f"{root}: none of the run's test or validation recordings were found")
 

@@ -40,7 +40,7 @@ def classify_annotated(bundle: str | Path, recordings_dir: Path) -> dict[str, in
 
     clf = Classifier.open(bundle)
     agree = total = normal = 0
-    print(f"# model: {clf.bundle.path.name} ({clf.backend.artifact.name} on {clf.backend.name})")
+    print(f"# model: {clf.bundle.root.name} ({clf.backend.artifact.name} on {clf.backend.name})")
     for rec in list_recordings(recordings_dir):
         print(f"-- {rec.stem} (official {rec.split} split, device {rec.info.device})")
         for k, (audio, label) in enumerate(load_cycles(rec), start=1):

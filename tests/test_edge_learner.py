@@ -55,10 +55,12 @@ def test_recipe_writes_a_loadable_run_with_baselines(run: tuple[Path, dict]) -> 
     assert 1 <= metrics["best_epoch"] <= 2 and len(metrics["history"]) == 2
     for key in ("val/sprsound", "test-inter/sprsound", "eval/icbhi"):
         rows = metrics["evaluation"][key]
-        assert set(rows) == {"always-normal", "mn04 frozen + logistic probe", "mn04 fine-tuned (shipped)"}
+        assert set(rows) == {"always-normal", "mn04 frozen + logistic probe", "mn04 fine-tuned tail"}
         normal = rows["always-normal"]["metrics"]
         assert normal["binary_sp"] == 1.0 or np.isnan(normal["binary_sp"])  # NaN: no normal windows
         assert normal["binary_se"] == 0.0 or np.isnan(normal["binary_se"])
+    assert metrics["shipped"] in ("mn04 fine-tuned tail", "mn04 frozen + logistic probe")
+    assert ckpt.model.cfg.head == ("mlp" if metrics["shipped"] == "mn04 fine-tuned tail" else "linear")
     splits = json.loads((root / "run" / "splits.json").read_text())
     assert splits["test"] and not set(splits["test"]) & set(splits["train"])
 
@@ -83,7 +85,8 @@ def test_assembled_model_equals_tail_on_cached_trunk(run: tuple[Path, dict]) -> 
     table = build_table(cfg, ckpt.spec, r["cache_dir"])
     with torch.no_grad():
         logits = ckpt.model(torch.from_numpy(np.asarray(table.features[:8], dtype=np.float32))).numpy()
-    saved = np.load(root / "run" / "predictions.npz")["model_logits"][:8]
+    saved = np.load(root / "run" / "predictions.npz")
+    saved = saved["model_logits" if metrics["shipped"] == "mn04 fine-tuned tail" else "probe_logits"][:8]
     np.testing.assert_allclose(logits, saved, atol=1e-4)
 
 
@@ -118,6 +121,18 @@ def test_export_and_runtime_agree_with_torch(run: tuple[Path, dict], tmp_path: P
     with torch.no_grad():
         expected = ckpt.model(compute_features_torch(torch.from_numpy(audio)[None], ckpt.spec)).numpy()[0]
     np.testing.assert_allclose(clf.logits(audio), expected, atol=1e-3)
+
+
+def test_probe_head_is_the_linear_probe_on_the_pooled_embedding() -> None:
+    from stethoedge.train.edge_learner import assemble_probe
+
+    torch.manual_seed(0)
+    backbone = MobileNetV3Audio(MNConfig()).eval()
+    probe = torch.nn.Linear(backbone.cfg.last_conv_channels, 4)
+    model = assemble_probe(backbone, probe)
+    x = torch.randn(2, 798, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), probe(backbone.embed(x)))
 
 
 def test_unknown_recipe_key_is_a_clear_error() -> None:

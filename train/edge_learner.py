@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +78,10 @@ class EdgeRecipe:
     dropout: float = 0.3
     optimizer: str = "sam"  # sam | asam | adamw
     rho: float = 0.05
-    seed: int = 0
+    seed: int = 0  # training seed (initialisation, sampling, augmentation)
+    split_seed: int = 0  # which patients are held out for validation / evaluation
     threads: int | None = None
+    yamnet: str | None = None  # yamnet.tflite: adds the frozen-YAMNet probe baseline to the evaluation
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "EdgeRecipe":
@@ -223,7 +225,7 @@ def selection_score(logits: np.ndarray, labels: np.ndarray, sources: np.ndarray)
 
 
 def fit_probe(x_train: np.ndarray, y_train: np.ndarray, w_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-              s_val: np.ndarray, l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)) -> tuple[nn.Linear, dict]:
+              s_val: np.ndarray, l2_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)) -> tuple[nn.Linear, dict]:
     """Weighted multinomial logistic regression (LBFGS) on standardised embeddings; L2 chosen on validation."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     xt = torch.from_numpy(((x_train - mean) / std).astype(np.float32))
@@ -256,6 +258,15 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, w_train: np.ndarray, x_v
 
 # --------------------------------------------------------------------------- the run
 
+#: Recipe keys that do not change what is trained (a run may resume with other values).
+_NOT_RESUME_RELEVANT = {"threads", "cache_dir", "yamnet", "out"}
+
+
+def _resume_key(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resumed run must share; keys an older state lacks count as their defaults."""
+    defaults = {f.name: f.default for f in fields(EdgeRecipe) if f.default is not MISSING}
+    return {k: v for k, v in (defaults | recipe).items() if k not in _NOT_RESUME_RELEVANT}
+
 
 def _save_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
@@ -271,7 +282,7 @@ def run_recipe(r: EdgeRecipe) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     spec = efficientat_spec(lowpass_hz=r.lowpass_hz)
     src = SourceConfig(sprsound=r.sprsound, icbhi=r.icbhi, icbhi_test=r.icbhi_test, val_fraction=r.val_fraction,
-                       icbhi_eval_fraction=r.icbhi_eval_fraction, seed=r.seed, max_per_source=r.max_per_source)
+                       icbhi_eval_fraction=r.icbhi_eval_fraction, seed=r.split_seed, max_per_source=r.max_per_source)
     table = build_table(src, spec, r.cache_dir)
     counts = summary(table)
     print("examples (normal, crackle, wheeze, both, patients): " + json.dumps(counts), flush=True)
@@ -286,7 +297,7 @@ def run_recipe(r: EdgeRecipe) -> dict[str, Any]:
     train_idx = table.where("train")
     views = [h_clean[train_idx]] if len(train_idx) else []
     for v in range(r.views):
-        aug = FeatureAugment(spec, r, seed=1000 + v)
+        aug = FeatureAugment(spec, r, seed=1000 + v + 7919 * r.seed)
         views.append(trunk_outputs(trunk, table.features, train_idx, cache / f"{tag}-view{v}-s{r.seed}.npy", aug,
                                    desc=f"trunk (augmented view {v + 1}/{r.views})"))
     val_idx = table.where("val")
@@ -327,7 +338,7 @@ def run_recipe(r: EdgeRecipe) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(r.seed)
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state["recipe"] != asdict(r):
+        if _resume_key(state["recipe"]) != _resume_key(asdict(r)):
             raise DataError(f"{state_path} belongs to a run with other settings; use a new --out")
         tail.load_state_dict(state["tail"])
         optimizer.load_state_dict(state["optimizer"])
@@ -376,7 +387,7 @@ def run_recipe(r: EdgeRecipe) -> dict[str, Any]:
     assert best is not None
     tail.load_state_dict(best["tail"])
 
-    # Baselines on the same splits: the frozen pretrained embedding + logistic probe.
+    # Baselines on the same splits: the frozen pretrained embedding + logistic probe; YAMNet's too.
     frozen = Tail(pretrained, r.tune_from).eval()
     with torch.no_grad():
         emb = np.concatenate([frozen.pooled(torch.from_numpy(np.array(h_clean[s:s + 256]))).numpy()
@@ -385,22 +396,44 @@ def run_recipe(r: EdgeRecipe) -> dict[str, Any]:
     with torch.no_grad():
         probe_logits = probe(torch.from_numpy(emb)).numpy()
     model_logits = predict_tail(tail, h_clean)
-    predictions = {"always-normal": np.zeros(len(table), np.int64),
-                   "mn04 frozen + logistic probe": probe_logits.argmax(1),
-                   "mn04 fine-tuned (shipped)": model_logits.argmax(1)}
-    evaluation = evaluate_table(table, predictions)
+    predictions = {"always-normal": np.zeros(len(table), np.int64)}
+    if r.yamnet:
+        predictions["YAMNet frozen + logistic probe"] = yamnet_probe(r, src, table, cache)
+    predictions["mn04 frozen + logistic probe"] = probe_logits.argmax(1)
+    predictions["mn04 fine-tuned tail"] = model_logits.argmax(1)
 
-    model = assemble(pretrained, tail, r.tune_from)
+    # The shipped candidate is chosen on validation patients only, like the epoch.
+    tuned_wins = best["val_selection_score"] >= probe_info["val_selection_score"]
+    shipped = "mn04 fine-tuned tail" if tuned_wins else "mn04 frozen + logistic probe"
+    model = assemble(pretrained, tail, r.tune_from) if tuned_wins else assemble_probe(pretrained, probe)
+    print(f"validation selection score: fine-tuned tail {best['val_selection_score']:.3f} (epoch {best['epoch']}), "
+          f"frozen probe {probe_info['val_selection_score']:.3f} -> shipping the {shipped}", flush=True)
+    evaluation = evaluate_table(table, predictions)
     metrics = {"recipe": asdict(r), "examples": counts, "pretrained": load_report, "best_epoch": best["epoch"],
                "selected_on": "validation patients (mean over sources of the 4-class Score)",
                "val_selection_score": best["val_selection_score"], "val_per_source": best["val_per_source"],
-               "probe": probe_info, "history": history, "evaluation": evaluation,
+               "probe": probe_info, "shipped": shipped, "history": history, "evaluation": evaluation,
                "train_seconds": time.time() - started}
     write_run(out, model, spec, table, metrics, src)
-    np.savez(out / "predictions.npz", **{k: v for k, v in predictions.items()}, label=table.label, role=table.role,
-             source=table.source, patient=table.patient, device=table.device, model_logits=model_logits,
-             probe_logits=probe_logits)
+    np.savez(out / "predictions.npz", **predictions, label=table.label, role=table.role, source=table.source,
+             patient=table.patient, device=table.device, model_logits=model_logits, probe_logits=probe_logits)
     return metrics
+
+
+def yamnet_probe(r: EdgeRecipe, src: SourceConfig, table: ExampleTable, cache: Path) -> np.ndarray:
+    """Predictions of a logistic probe on frozen YAMNet embeddings of the same segments (fit on train, L2 on val)."""
+    from stethoedge.train.sources import _segments
+    from stethoedge.train.yamnet_embed import YamnetEmbedder, embed_segments
+
+    emb = embed_segments((seg[0] for seg in _segments(src)), cache / "yamnet-embeddings.npy",
+                         embedder=YamnetEmbedder(r.yamnet), total=len(table))
+    if len(emb) != len(table):
+        raise DataError(f"{cache / 'yamnet-embeddings.npy'}: {len(emb)} rows for {len(table)} windows; delete it")
+    tr, va = table.role == "train", table.role == "val"
+    probe, _ = fit_probe(emb[tr], table.label[tr], sample_weights(table.label[tr], table.source[tr]), emb[va],
+                         table.label[va], table.source[va])
+    with torch.no_grad():
+        return probe(torch.from_numpy(emb.astype(np.float32))).numpy().argmax(1)
 
 
 def evaluate_table(table: ExampleTable, predictions: dict[str, np.ndarray], n_boot: int = 1000) -> dict[str, Any]:
@@ -430,6 +463,17 @@ def assemble(pretrained: MobileNetV3Audio, tail: Tail, tune_from: int) -> Mobile
     return model.eval()
 
 
+def assemble_probe(pretrained: MobileNetV3Audio, probe: nn.Linear) -> MobileNetV3Audio:
+    """The frozen pretrained network with a linear probe on its pooled embedding as the head (eval mode)."""
+    from dataclasses import replace
+
+    model = MobileNetV3Audio(replace(pretrained.cfg, head="linear"))
+    state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("classifier.")}
+    state |= {"classifier.2.weight": probe.weight.detach().clone(), "classifier.2.bias": probe.bias.detach().clone()}
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def write_run(out: Path, model: MobileNetV3Audio, spec: FeatureSpec, table: ExampleTable, metrics: dict[str, Any],
               src: SourceConfig) -> None:
     """checkpoint.pt + splits.json (+ metrics.json): the run directory ``stethoedge export`` reads."""
@@ -451,4 +495,5 @@ def describe_training(metrics: dict[str, Any], src: SourceConfig) -> dict[str, A
                         "icbhi": "ICBHI 2017 official-train recordings (research use), minus val/eval patients"
                         if src.icbhi else None},
             "examples": metrics["examples"], "pretrained": "EfficientAT mn04_as (AudioSet, MIT)",
-            "selected_on": metrics["selected_on"], "best_epoch": metrics["best_epoch"]}
+            "selected_on": metrics["selected_on"], "best_epoch": metrics["best_epoch"],
+            "head": metrics["shipped"]}

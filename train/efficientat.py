@@ -68,6 +68,7 @@ class MNConfig:
     n_mels: int = 128
     head_hidden: int = 1280  # before the width multiplier (mn04: 512)
     dropout: float = 0.2
+    head: str = "mlp"  # "mlp" (the published head) or "linear" (one layer on the pooled embedding: a probe)
 
     @property
     def last_conv_channels(self) -> int:
@@ -151,9 +152,15 @@ class MobileNetV3Audio(nn.Module):
         layers.append(conv_bn_act(last_in, cfg.last_conv_channels, 1, act=nn.Hardswish))
         self.features = nn.Sequential(*layers)
         hidden = make_divisible(cfg.head_hidden * w)
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
-                                        nn.Linear(cfg.last_conv_channels, hidden), nn.Hardswish(),
-                                        nn.Dropout(cfg.dropout), nn.Linear(hidden, cfg.n_classes))
+        if cfg.head == "mlp":
+            self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+                                            nn.Linear(cfg.last_conv_channels, hidden), nn.Hardswish(),
+                                            nn.Dropout(cfg.dropout), nn.Linear(hidden, cfg.n_classes))
+        elif cfg.head == "linear":
+            self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+                                            nn.Linear(cfg.last_conv_channels, cfg.n_classes))
+        else:
+            raise ValueError(f"head {cfg.head!r} is not 'mlp' or 'linear'")
         self._init_weights()
 
     def _init_weights(self) -> None:

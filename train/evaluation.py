@@ -28,7 +28,10 @@ def point_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     bcm = binary_confusion(cm)
     b_sp = float(bcm[0, 0] / bcm[0].sum()) if bcm[0].sum() else float("nan")
     b_se = float(bcm[1, 1] / bcm[1].sum()) if bcm[1].sum() else float("nan")
-    out = {"icbhi_sp": icbhi["specificity"], "icbhi_se": icbhi["sensitivity"], "icbhi_score": icbhi["score"],
+    # Score only where both Sp and Se are defined (a draw without abnormal windows has no Score,
+    # rather than Score = Sp as the mean over defined terms would give).
+    out = {"icbhi_sp": icbhi["specificity"], "icbhi_se": icbhi["sensitivity"],
+           "icbhi_score": (icbhi["specificity"] + icbhi["sensitivity"]) / 2.0,
            "macro_f1": macro_f1(cm), "binary_se": b_se, "binary_sp": b_sp}
     # The challenge scores need both classes present (Se and Sp defined); NaN otherwise.
     for prefix, (se, sp) in (("binary", (b_se, b_sp)), ("multi", (icbhi["sensitivity"], icbhi["specificity"]))):

@@ -1,11 +1,9 @@
-"""The evaluation report of a real-data run: every model and baseline on every held-out role, as JSON and Markdown.
+"""The evaluation of a real-data run as Markdown tables (MODEL_CARD.md takes them as they are).
 
-``python -m stethoedge.train.model_report RUN [--yamnet EMB.npy]`` reads RUN/predictions.npz (the
-shipped model, the frozen-embedding probe and always-"normal", written by the recipe), optionally
-adds a logistic probe on frozen YAMNet embeddings (train/yamnet_embed.py, same rows and splits,
-L2 chosen on validation patients), and writes RUN/evaluation.json and RUN/evaluation.md: for each
-role and source, each model's 4-class ICBHI Sp/Se/Score and macro-F1 and the SPRSound challenge
-binary and 4-class Scores, with 95 % patient-bootstrap intervals.
+``python -m stethoedge.train.model_report RUN`` renders RUN/metrics.json's evaluation (written by
+the recipe: every model and baseline on every role and source) as RUN/evaluation.md: each model's
+4-class ICBHI Sp/Se/Score and macro-F1 and the SPRSound challenge binary and 4-class Scores, each
+with its 95 % patient-bootstrap interval.
 """
 from __future__ import annotations
 
@@ -27,22 +25,6 @@ ROLE_TITLES = {
 }
 COLUMNS = (("icbhi_sp", "Sp"), ("icbhi_se", "Se"), ("icbhi_score", "ICBHI Score"), ("macro_f1", "macro-F1"),
            ("binary_score", "SPRSound binary Score"), ("multi_score", "SPRSound 4-class Score"))
-
-
-def yamnet_probe_predictions(embeddings: np.ndarray, data: Any) -> np.ndarray:
-    """Argmax predictions of a logistic probe on YAMNet embeddings, fit on the run's train rows, L2 on val."""
-    import torch
-
-    from stethoedge.train.edge_learner import fit_probe, sample_weights
-
-    role, label, source = data["role"], data["label"], data["source"]
-    if len(embeddings) != len(label):
-        raise ValueError(f"{len(embeddings)} YAMNet embeddings for {len(label)} windows: not the same table")
-    tr, va = role == "train", role == "val"
-    probe, _ = fit_probe(embeddings[tr], label[tr], sample_weights(label[tr], source[tr]), embeddings[va], label[va],
-                         source[va])
-    with torch.no_grad():
-        return probe(torch.from_numpy(embeddings.astype(np.float32))).numpy().argmax(1)
 
 
 def _cell(rep: dict[str, Any], key: str) -> str:
@@ -74,37 +56,19 @@ def render_markdown(evaluation: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def build_report(run: str | Path, yamnet: str | Path | None = None, n_boot: int = 1000) -> dict[str, Any]:
-    """Evaluate every prediction set of RUN (plus the YAMNet probe) and write evaluation.json / .md."""
-    from stethoedge.train.edge_learner import evaluate_table
-    from stethoedge.train.sources import ExampleTable
-
+def build_report(run: str | Path) -> str:
+    """Render RUN/metrics.json's evaluation as RUN/evaluation.md; return the Markdown."""
     run = Path(run)
-    data = dict(np.load(run / "predictions.npz"))
-    names = ["always-normal", "mn04 frozen + logistic probe", "mn04 fine-tuned (shipped)"]
-    predictions = {n: data[n] for n in names}
-    if yamnet is not None:
-        predictions = {"always-normal": predictions["always-normal"],
-                       "YAMNet frozen + logistic probe": yamnet_probe_predictions(np.load(yamnet), data),
-                       **{n: predictions[n] for n in names[1:]}}
-    n = len(data["label"])
-    table = ExampleTable(label=data["label"], role=data["role"], source=data["source"], device=data["device"],
-                         patient=data["patient"], recording=np.full(n, ""), event_type=np.full(n, ""),
-                         features=np.zeros((n, 0)))
-    evaluation = evaluate_table(table, predictions, n_boot=n_boot)
-    atomic_write_text(run / "evaluation.json", json.dumps(evaluation, indent=1, default=float) + "\n")
-    atomic_write_text(run / "evaluation.md", render_markdown(evaluation) + "\n")
-    return evaluation
+    metrics = json.loads((run / "metrics.json").read_text())
+    text = render_markdown(metrics["evaluation"])
+    atomic_write_text(run / "evaluation.md", text + "\n")
+    return text
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run")
-    ap.add_argument("--yamnet", default=None, help="YAMNet embeddings of the same table (train/yamnet_embed.py)")
-    ap.add_argument("--n-boot", type=int, default=1000)
-    args = ap.parse_args()
-    build_report(args.run, args.yamnet, args.n_boot)
-    print((Path(args.run) / "evaluation.md").read_text())
+    ap.add_argument("run", help="run directory of `stethoedge train-edge`")
+    print(build_report(ap.parse_args().run))
 
 
 if __name__ == "__main__":
