@@ -39,7 +39,8 @@ from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec, efficientat_spec
 from stethoedge.runtime.features import kaldi_mel
 from stethoedge.train.efficientat import MNConfig, MobileNetV3Audio, load_efficientat
-from stethoedge.train.evaluation import point_metrics, report
+from stethoedge.train.evaluation import report
+from stethoedge.train.metrics import confusion_matrix, icbhi_scores
 from stethoedge.train.options import from_options
 from stethoedge.train.sam import SAM
 from stethoedge.train.sources import ExampleTable, SourceConfig, build_table, summary
@@ -220,8 +221,9 @@ def selection_score(logits: np.ndarray, labels: np.ndarray, sources: np.ndarray)
     per = {}
     for s in np.unique(sources):
         m = sources == s
-        per[str(s)] = point_metrics(labels[m], logits[m].argmax(1))["icbhi_score"]
-    return float(np.mean(list(per.values()))), per
+        # icbhi_scores: the mean of the defined terms, so a validation set lacking a class still ranks epochs
+        per[str(s)] = icbhi_scores(confusion_matrix(labels[m], logits[m].argmax(1)))["score"]
+    return float(np.nanmean(list(per.values()))), per
 
 
 def fit_probe(x_train: np.ndarray, y_train: np.ndarray, w_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
@@ -272,11 +274,49 @@ def _save_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
 
 
+def cached_trunk(r: EdgeRecipe, spec: FeatureSpec, table: ExampleTable, pretrained: MobileNetV3Audio,
+                 train_idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Frozen-trunk outputs of every window (clean) and the training views (clean + ``r.views`` augmented)."""
+    trunk = pretrained.features[:r.tune_from].eval()
+    cache = Path(table.info["cache"])
+    tag = f"trunk{r.tune_from}-mn{r.width_mult}"
+    h_clean = trunk_outputs(trunk, table.features, np.arange(len(table)), cache / f"{tag}-clean.npy",
+                            desc="trunk (clean)")
+    views = [h_clean[train_idx]] if len(train_idx) else []
+    for v in range(r.views):
+        aug = FeatureAugment(spec, r, seed=1000 + v + 7919 * r.seed)
+        views.append(trunk_outputs(trunk, table.features, train_idx, cache / f"{tag}-view{v}-s{r.seed}.npy", aug,
+                                   desc=f"trunk (augmented view {v + 1}/{r.views})"))
+    return h_clean, views
+
+
+def make_optimizer(r: EdgeRecipe, tail: Tail) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """(optimizer, the base optimizer the scheduler drives): new head at ``lr``, pretrained tail at ``tail_lr``."""
+    head = [p for k, p in tail.named_parameters() if k.startswith("classifier.5")]
+    body = [p for k, p in tail.named_parameters() if not k.startswith("classifier.5")]
+    groups = [{"params": head, "lr": r.lr}, {"params": body, "lr": r.tail_lr}]
+    if r.optimizer in ("sam", "asam"):
+        sam = SAM(groups, torch.optim.AdamW, rho=r.rho, adaptive=r.optimizer == "asam", weight_decay=r.weight_decay)
+        return sam, sam.base_optimizer
+    if r.optimizer == "adamw":
+        adamw = torch.optim.AdamW(groups, weight_decay=r.weight_decay)
+        return adamw, adamw
+    raise DataError(f"optimizer {r.optimizer!r} is not sam, asam or adamw")
+
+
 def run_recipe(r: EdgeRecipe) -> dict[str, Any]:
     """Run the recipe end to end (resumable); return the metrics also written to OUT/metrics.json."""
-    started = time.time()
+    threads = torch.get_num_threads()
     if r.threads:
         torch.set_num_threads(r.threads)
+    try:
+        return _run(r)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(r: EdgeRecipe) -> dict[str, Any]:
+    started = time.time()
     torch.manual_seed(r.seed)
     out = Path(r.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,17 +329,9 @@ def run_recipe(r: EdgeRecipe) -> dict[str, Any]:
     pretrained, load_report = load_efficientat(r.weights, MNConfig(width_mult=r.width_mult, n_classes=4,
                                                                     n_frames=spec.num_frames, n_mels=spec.n_mels,
                                                                     dropout=r.dropout))
-    trunk = pretrained.features[:r.tune_from].eval()
     cache = Path(table.info["cache"])
-    tag = f"trunk{r.tune_from}-mn{r.width_mult}"
-    all_idx = np.arange(len(table))
-    h_clean = trunk_outputs(trunk, table.features, all_idx, cache / f"{tag}-clean.npy", desc="trunk (clean)")
     train_idx = table.where("train")
-    views = [h_clean[train_idx]] if len(train_idx) else []
-    for v in range(r.views):
-        aug = FeatureAugment(spec, r, seed=1000 + v + 7919 * r.seed)
-        views.append(trunk_outputs(trunk, table.features, train_idx, cache / f"{tag}-view{v}-s{r.seed}.npy", aug,
-                                   desc=f"trunk (augmented view {v + 1}/{r.views})"))
+    h_clean, views = cached_trunk(r, spec, table, pretrained, train_idx)
     val_idx = table.where("val")
     if not len(train_idx) or not len(val_idx):
         raise DataError(f"need training and validation windows, got {len(train_idx)} and {len(val_idx)}")
@@ -309,17 +341,7 @@ def run_recipe(r: EdgeRecipe) -> dict[str, Any]:
 
     tail = Tail(pretrained, r.tune_from)
     reference = {k: v.detach().clone() for k, v in tail.named_parameters() if not k.startswith("classifier.5")}
-    head_params = [p for k, p in tail.named_parameters() if k.startswith("classifier.5")]
-    body_params = [p for k, p in tail.named_parameters() if not k.startswith("classifier.5")]
-    groups = [{"params": head_params, "lr": r.lr}, {"params": body_params, "lr": r.tail_lr}]
-    if r.optimizer in ("sam", "asam"):
-        optimizer: torch.optim.Optimizer = SAM(groups, torch.optim.AdamW, rho=r.rho, adaptive=r.optimizer == "asam",
-                                               weight_decay=r.weight_decay)
-        base = optimizer.base_optimizer
-    elif r.optimizer == "adamw":
-        optimizer = base = torch.optim.AdamW(groups, weight_decay=r.weight_decay)
-    else:
-        raise DataError(f"optimizer {r.optimizer!r} is not sam, asam or adamw")
+    optimizer, base = make_optimizer(r, tail)
     steps_per_epoch = math.ceil(r.samples_per_epoch / r.batch_size)
     total = r.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
