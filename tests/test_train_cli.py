@@ -11,7 +11,10 @@ from stethoedge.cli import build_parser, main
 from stethoedge.cli_train import build_train_config
 from stethoedge.train.trainer import TrainConfig
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "train" / "recipes").glob("*.toml"))
+ALL_RECIPES = sorted((Path(__file__).resolve().parents[1] / "train" / "recipes").glob("*.toml"))
+#: Recipes of `stethoedge train-edge` (EdgeRecipe); the others are `stethoedge train` (TrainConfig) recipes.
+EDGE_RECIPES = [p for p in ALL_RECIPES if p.stem == "real-edge"]
+RECIPES = [p for p in ALL_RECIPES if p not in EDGE_RECIPES]
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -22,6 +25,19 @@ def _args(argv: list[str]) -> argparse.Namespace:
 def test_every_recipe_is_a_valid_train_config(recipe: Path):
     cfg = build_train_config(_args(["--config", str(recipe), "--data", "D", "--out", "O"]))
     assert isinstance(cfg, TrainConfig) and cfg.data == "D"
+
+
+@pytest.mark.parametrize("recipe", EDGE_RECIPES, ids=lambda p: p.stem)
+def test_every_edge_recipe_is_a_valid_edge_recipe(recipe: Path):
+    from stethoedge.cli_train import load_config_file
+    from stethoedge.train.edge_learner import EdgeRecipe
+
+    cfg = EdgeRecipe.from_dict(load_config_file(str(recipe)) | {"out": "O"})
+    assert cfg.weights.endswith("efficientat_mn04_as.pt") and cfg.optimizer in ("sam", "asam", "adamw")
+
+
+def test_edge_recipes_exist():
+    assert EDGE_RECIPES, "train/recipes/real-edge.toml (the shipped model's recipe) is missing"
 
 
 def test_flags_override_the_recipe():
