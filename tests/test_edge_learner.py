@@ -140,3 +140,18 @@ def test_unknown_recipe_key_is_a_clear_error() -> None:
 
     with pytest.raises(DataError, match="unknown recipe option"):
         EdgeRecipe.from_dict({"out": "x", "weights": "y", "learning_rate": 1})
+
+
+def test_random_init_baseline_trains_the_same_network_from_scratch(tmp_path: Path, weights: Path) -> None:
+    from stethoedge.train.checkpoint import load_checkpoint
+    from stethoedge.train.edge_learner import run_recipe
+
+    metrics = run_recipe(_recipe(tmp_path / "run", weights, tmp_path / "cache", init="random", tune_from=14,
+                                 views=0, epochs=1, l2sp=0.0))
+    assert metrics["shipped"] == "mn04 from random init, same recipe"
+    assert metrics["pretrained"] == {"source": "random initialisation"}
+    assert set(metrics["evaluation"]["test-inter/sprsound"]) == {"always-normal", "mn04 from random init, same recipe"}
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.meta["trained_on"]["pretrained"] is None
+    assert not any(p.name.startswith("trunk14-mn0.4-clean") for p in (tmp_path / "cache").rglob("*.npy")), \
+        "a random trunk must not share the pretrained trunk's cache file"

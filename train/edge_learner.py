@@ -83,6 +83,7 @@ class EdgeRecipe:
     split_seed: int = 0  # which patients are held out for validation / evaluation
     threads: int | None = None
     yamnet: str | None = None  # yamnet.tflite: adds the frozen-YAMNet probe baseline to the evaluation
+    init: str = "pretrained"  # "pretrained" (the AudioSet weights) or "random" (the from-scratch baseline)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "EdgeRecipe":
@@ -175,10 +176,11 @@ def trunk_outputs(trunk: nn.Module, features: np.ndarray, idx: np.ndarray, path:
 class Tail(nn.Module):
     """``features[tune_from:]`` + the classifier of a MobileNetV3Audio, on cached trunk outputs."""
 
-    def __init__(self, model: MobileNetV3Audio, tune_from: int) -> None:
+    def __init__(self, model: MobileNetV3Audio, tune_from: int, freeze_bn: bool = True) -> None:
         super().__init__()
         self.blocks = copy.deepcopy(model.features[tune_from:])
         self.classifier = copy.deepcopy(model.classifier)
+        self.freeze_bn = freeze_bn
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.blocks(h))
@@ -190,7 +192,7 @@ class Tail(nn.Module):
     def train(self, mode: bool = True) -> "Tail":
         super().train(mode)
         for m in self.modules():  # keep the pretrained BatchNorm statistics
-            if isinstance(m, nn.BatchNorm2d):
+            if self.freeze_bn and isinstance(m, nn.BatchNorm2d):
                 m.eval()
         return self
 
@@ -279,7 +281,7 @@ def cached_trunk(r: EdgeRecipe, spec: FeatureSpec, table: ExampleTable, pretrain
     """Frozen-trunk outputs of every window (clean) and the training views (clean + ``r.views`` augmented)."""
     trunk = pretrained.features[:r.tune_from].eval()
     cache = Path(table.info["cache"])
-    tag = f"trunk{r.tune_from}-mn{r.width_mult}"
+    tag = f"trunk{r.tune_from}-mn{r.width_mult}" + ("-random" if r.init == "random" else "")
     h_clean = trunk_outputs(trunk, table.features, np.arange(len(table)), cache / f"{tag}-clean.npy",
                             desc="trunk (clean)")
     views = [h_clean[train_idx]] if len(train_idx) else []
@@ -326,9 +328,14 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
     table = build_table(src, spec, r.cache_dir)
     counts = summary(table)
     print("examples (normal, crackle, wheeze, both, patients): " + json.dumps(counts), flush=True)
-    pretrained, load_report = load_efficientat(r.weights, MNConfig(width_mult=r.width_mult, n_classes=4,
-                                                                    n_frames=spec.num_frames, n_mels=spec.n_mels,
-                                                                    dropout=r.dropout))
+    mn_cfg = MNConfig(width_mult=r.width_mult, n_classes=4, n_frames=spec.num_frames, n_mels=spec.n_mels,
+                      dropout=r.dropout)
+    if r.init == "random":  # the from-scratch baseline: same network, same recipe, no AudioSet
+        pretrained, load_report = MobileNetV3Audio(mn_cfg).eval(), {"source": "random initialisation"}
+    elif r.init == "pretrained":
+        pretrained, load_report = load_efficientat(r.weights, mn_cfg)
+    else:
+        raise DataError(f"init {r.init!r} is not 'pretrained' or 'random'")
     cache = Path(table.info["cache"])
     train_idx = table.where("train")
     h_clean, views = cached_trunk(r, spec, table, pretrained, train_idx)
@@ -339,7 +346,7 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
     y_val, s_val = table.label[val_idx], table.source[val_idx]
     h_val = np.asarray(h_clean[val_idx])
 
-    tail = Tail(pretrained, r.tune_from)
+    tail = Tail(pretrained, r.tune_from, freeze_bn=r.init == "pretrained")
     reference = {k: v.detach().clone() for k, v in tail.named_parameters() if not k.startswith("classifier.5")}
     optimizer, base = make_optimizer(r, tail)
     steps_per_epoch = math.ceil(r.samples_per_epoch / r.batch_size)
@@ -409,6 +416,10 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
     assert best is not None
     tail.load_state_dict(best["tail"])
 
+    model_logits = predict_tail(tail, h_clean)
+    if r.init == "random":
+        return _finalize_scratch(r, out, pretrained, tail, table, counts, load_report, best, history, src, spec,
+                                 model_logits, started)
     # Baselines on the same splits: the frozen pretrained embedding + logistic probe; YAMNet's too.
     frozen = Tail(pretrained, r.tune_from).eval()
     with torch.no_grad():
@@ -417,7 +428,6 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
     probe, probe_info = fit_probe(emb[train_idx], y_train, sample_weights(y_train, s_train), emb[val_idx], y_val, s_val)
     with torch.no_grad():
         probe_logits = probe(torch.from_numpy(emb)).numpy()
-    model_logits = predict_tail(tail, h_clean)
     predictions = {"always-normal": np.zeros(len(table), np.int64)}
     if r.yamnet:
         predictions["YAMNet frozen + logistic probe"] = yamnet_probe(r, src, table, cache)
@@ -430,15 +440,33 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
     model = assemble(pretrained, tail, r.tune_from) if tuned_wins else assemble_probe(pretrained, probe)
     print(f"validation selection score: fine-tuned tail {best['val_selection_score']:.3f} (epoch {best['epoch']}), "
           f"frozen probe {probe_info['val_selection_score']:.3f} -> shipping the {shipped}", flush=True)
-    evaluation = evaluate_table(table, predictions)
-    metrics = {"recipe": asdict(r), "examples": counts, "pretrained": load_report, "best_epoch": best["epoch"],
-               "selected_on": "validation patients (mean over sources of the 4-class Score)",
-               "val_selection_score": best["val_selection_score"], "val_per_source": best["val_per_source"],
-               "probe": probe_info, "shipped": shipped, "history": history, "evaluation": evaluation,
-               "train_seconds": time.time() - started}
+    metrics = _metrics(r, counts, load_report, best, history, evaluate_table(table, predictions), started,
+                       probe=probe_info, shipped=shipped)
     write_run(out, model, spec, table, metrics, src)
     np.savez(out / "predictions.npz", **predictions, label=table.label, role=table.role, source=table.source,
              patient=table.patient, device=table.device, model_logits=model_logits, probe_logits=probe_logits)
+    return metrics
+
+
+def _metrics(r: EdgeRecipe, counts: dict, load_report: dict, best: dict, history: list, evaluation: dict,
+             started: float, **extra: Any) -> dict[str, Any]:
+    return {"recipe": asdict(r), "examples": counts, "pretrained": load_report, "best_epoch": best["epoch"],
+            "selected_on": "validation patients (mean over sources of the 4-class Score)",
+            "val_selection_score": best["val_selection_score"], "val_per_source": best["val_per_source"],
+            **extra, "history": history, "evaluation": evaluation, "train_seconds": time.time() - started}
+
+
+def _finalize_scratch(r: EdgeRecipe, out: Path, model0: MobileNetV3Audio, tail: Tail, table: ExampleTable,
+                      counts: dict, load_report: dict, best: dict, history: list, src: SourceConfig,
+                      spec: FeatureSpec, logits: np.ndarray, started: float) -> dict[str, Any]:
+    """The random-initialisation baseline's run: its own predictions only (no probes of random features)."""
+    name = "mn04 from random init, same recipe"
+    predictions = {"always-normal": np.zeros(len(table), np.int64), name: logits.argmax(1)}
+    metrics = _metrics(r, counts, load_report, best, history, evaluate_table(table, predictions), started,
+                       shipped=name)
+    write_run(out, assemble(model0, tail, r.tune_from), spec, table, metrics, src)
+    np.savez(out / "predictions.npz", **predictions, label=table.label, role=table.role, source=table.source,
+             patient=table.patient, device=table.device, model_logits=logits)
     return metrics
 
 
@@ -516,6 +544,7 @@ def describe_training(metrics: dict[str, Any], src: SourceConfig) -> dict[str, A
     return {"sources": {"sprsound": "SPRSound 2022 train2022 (CC BY), minus validation patients" if src.sprsound else None,
                         "icbhi": "ICBHI 2017 official-train recordings (research use), minus val/eval patients"
                         if src.icbhi else None},
-            "examples": metrics["examples"], "pretrained": "EfficientAT mn04_as (AudioSet, MIT)",
+            "examples": metrics["examples"],
+            "pretrained": "EfficientAT mn04_as (AudioSet, MIT)" if metrics["recipe"]["init"] == "pretrained" else None,
             "selected_on": metrics["selected_on"], "best_epoch": metrics["best_epoch"],
             "head": metrics["shipped"]}

@@ -56,11 +56,35 @@ def render_markdown(evaluation: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def build_report(run: str | Path) -> str:
-    """Render RUN/metrics.json's evaluation as RUN/evaluation.md; return the Markdown."""
+def build_report(run: str | Path, extra_runs: tuple[str | Path, ...] = (), n_boot: int = 1000) -> str:
+    """Render RUN's evaluation as RUN/evaluation.md (and .json); return the Markdown.
+
+    ``extra_runs``: other runs over the same table (e.g. the random-initialisation baseline); their
+    models join every table, evaluated on the same windows and patients.
+    """
     run = Path(run)
-    metrics = json.loads((run / "metrics.json").read_text())
-    text = render_markdown(metrics["evaluation"])
+    if not extra_runs:
+        evaluation = json.loads((run / "metrics.json").read_text())["evaluation"]
+    else:
+        from stethoedge.train.edge_learner import evaluate_table
+        from stethoedge.train.sources import ExampleTable
+
+        main = dict(np.load(run / "predictions.npz"))
+        keys = ("label", "role", "source", "patient", "device")
+        predictions = {k: v for k, v in main.items() if k not in keys and not k.endswith("_logits")}
+        for extra in extra_runs:
+            other = dict(np.load(Path(extra) / "predictions.npz"))
+            if any(not np.array_equal(other[k], main[k]) for k in keys):
+                raise ValueError(f"{extra}: not the same windows as {run}")
+            predictions |= {k: v for k, v in other.items()
+                            if k not in keys and not k.endswith("_logits") and k not in predictions}
+        n = len(main["label"])
+        table = ExampleTable(label=main["label"], role=main["role"], source=main["source"], device=main["device"],
+                             patient=main["patient"], recording=np.full(n, ""), event_type=np.full(n, ""),
+                             features=np.zeros((n, 0)))
+        evaluation = evaluate_table(table, predictions, n_boot=n_boot)
+        atomic_write_text(run / "evaluation.json", json.dumps(evaluation, indent=1, default=float) + "\n")
+    text = render_markdown(evaluation)
     atomic_write_text(run / "evaluation.md", text + "\n")
     return text
 
@@ -68,7 +92,9 @@ def build_report(run: str | Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="run directory of `stethoedge train-edge`")
-    print(build_report(ap.parse_args().run))
+    ap.add_argument("--extra", action="append", default=[], help="another run over the same table (repeatable)")
+    args = ap.parse_args()
+    print(build_report(args.run, tuple(args.extra)))
 
 
 if __name__ == "__main__":
