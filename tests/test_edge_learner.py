@@ -155,3 +155,15 @@ def test_random_init_baseline_trains_the_same_network_from_scratch(tmp_path: Pat
     assert ckpt.meta["trained_on"]["pretrained"] is None
     assert not any(p.name.startswith("trunk14-mn0.4-clean") for p in (tmp_path / "cache").rglob("*.npy")), \
         "a random trunk must not share the pretrained trunk's cache file"
+
+
+def test_source_adversarial_head_trains_but_is_never_exported(tmp_path: Path, weights: Path) -> None:
+    from stethoedge.train.checkpoint import load_checkpoint
+    from stethoedge.train.edge_learner import run_recipe
+
+    run_recipe(_recipe(tmp_path / "run", weights, tmp_path / "cache", aft_lambda=0.2, tune_from=14, views=0,
+                       epochs=1))
+    state = torch.load(tmp_path / "run" / "state.pt", map_location="cpu", weights_only=False)
+    domain = [k for k in state["tail"] if k.startswith("domain.")]
+    assert domain and state["tail"]["domain.net.2.weight"].shape[0] == 2  # one logit per source
+    assert not any("domain" in k for k in load_checkpoint(tmp_path / "run").model.state_dict())

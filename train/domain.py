@@ -29,13 +29,13 @@ def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 
 
 class DomainHead(nn.Module):
-    """Gradient reversal -> MLP -> (real, synthetic) logits."""
+    """Gradient reversal -> MLP -> domain logits ((real, synthetic) by default, or one per data source)."""
 
-    def __init__(self, dim: int, hidden: int | None = None, reverse_scale: float = 1.0) -> None:
+    def __init__(self, dim: int, hidden: int | None = None, reverse_scale: float = 1.0, n_domains: int = 2) -> None:
         super().__init__()
         hidden = hidden or dim
         self.reverse_scale = reverse_scale
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, n_domains))
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.net(grad_reverse(embedding, self.reverse_scale))

@@ -84,6 +84,7 @@ class EdgeRecipe:
     threads: int | None = None
     yamnet: str | None = None  # yamnet.tflite: adds the frozen-YAMNet probe baseline to the evaluation
     init: str = "pretrained"  # "pretrained" (the AudioSet weights) or "random" (the from-scratch baseline)
+    aft_lambda: float = 0.0  # > 0: a source-adversarial domain head (gradient reversal) on the pooled embedding
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "EdgeRecipe":
@@ -181,6 +182,7 @@ class Tail(nn.Module):
         self.blocks = copy.deepcopy(model.features[tune_from:])
         self.classifier = copy.deepcopy(model.classifier)
         self.freeze_bn = freeze_bn
+        self.domain: nn.Module | None = None  # the optional source-adversarial head (never exported)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.blocks(h))
@@ -294,8 +296,9 @@ def cached_trunk(r: EdgeRecipe, spec: FeatureSpec, table: ExampleTable, pretrain
 
 def make_optimizer(r: EdgeRecipe, tail: Tail) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """(optimizer, the base optimizer the scheduler drives): new head at ``lr``, pretrained tail at ``tail_lr``."""
-    head = [p for k, p in tail.named_parameters() if k.startswith("classifier.5")]
-    body = [p for k, p in tail.named_parameters() if not k.startswith("classifier.5")]
+    new = ("classifier.5", "domain.")
+    head = [p for k, p in tail.named_parameters() if k.startswith(new)]
+    body = [p for k, p in tail.named_parameters() if not k.startswith(new)]
     groups = [{"params": head, "lr": r.lr}, {"params": body, "lr": r.tail_lr}]
     if r.optimizer in ("sam", "asam"):
         sam = SAM(groups, torch.optim.AdamW, rho=r.rho, adaptive=r.optimizer == "asam", weight_decay=r.weight_decay)
@@ -332,6 +335,9 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
                       dropout=r.dropout)
     if r.init == "random":  # the from-scratch baseline: same network, same recipe, no AudioSet
         pretrained, load_report = MobileNetV3Audio(mn_cfg).eval(), {"source": "random initialisation"}
+        for m in pretrained.modules():  # EfficientAT's 0.01 suits long AudioSet runs, not a few hundred steps
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.1
     elif r.init == "pretrained":
         pretrained, load_report = load_efficientat(r.weights, mn_cfg)
     else:
@@ -347,7 +353,14 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
     h_val = np.asarray(h_clean[val_idx])
 
     tail = Tail(pretrained, r.tune_from, freeze_bn=r.init == "pretrained")
-    reference = {k: v.detach().clone() for k, v in tail.named_parameters() if not k.startswith("classifier.5")}
+    sources = sorted(set(table.source.tolist()))
+    d_train = np.array([sources.index(x) for x in s_train], dtype=np.int64)
+    if r.aft_lambda > 0:
+        from stethoedge.train.domain import DomainHead
+
+        tail.domain = DomainHead(pretrained.cfg.last_conv_channels, n_domains=len(sources))
+    reference = {k: v.detach().clone() for k, v in tail.named_parameters()
+                 if not k.startswith(("classifier.5", "domain."))}
     optimizer, base = make_optimizer(r, tail)
     steps_per_epoch = math.ceil(r.samples_per_epoch / r.batch_size)
     total = r.epochs * steps_per_epoch
@@ -355,10 +368,14 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
         base, lambda s: min(1.0, (s + 1) / steps_per_epoch) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
     weights = torch.from_numpy(sample_weights(y_train, s_train))
 
-    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ce = nn.functional.cross_entropy(logits, y, label_smoothing=r.label_smoothing)
-        sp = sum((p - reference[k]).square().sum() for k, p in tail.named_parameters() if k in reference)
-        return ce + r.l2sp * sp
+    def objective(h: torch.Tensor, y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        fmap = tail.blocks(h)
+        loss = nn.functional.cross_entropy(tail.classifier(fmap), y, label_smoothing=r.label_smoothing)
+        loss = loss + r.l2sp * sum((p - reference[k]).square().sum() for k, p in tail.named_parameters()
+                                   if k in reference)
+        if tail.domain is not None:  # the reversed gradient pushes the tail towards source-blind features
+            loss = loss + r.aft_lambda * nn.functional.cross_entropy(tail.domain(fmap.mean(dim=(2, 3))), d)
+        return loss
 
     state_path = out / "state.pt"
     history: list[dict[str, Any]] = []
@@ -386,12 +403,12 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
         for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{r.epochs}", unit="step", leave=False):
             sl = slice(step * r.batch_size, (step + 1) * r.batch_size)
             h = torch.from_numpy(np.stack([views[v][i] for v, i in zip(view_of[sl], draws[sl])]))
-            y = torch.from_numpy(y_train[draws[sl]])
-            loss = loss_fn(tail(h), y)
+            y, d = torch.from_numpy(y_train[draws[sl]]), torch.from_numpy(d_train[draws[sl]])
+            loss = objective(h, y, d)
             loss.backward()
             if isinstance(optimizer, SAM):
                 optimizer.first_step()
-                loss_fn(tail(h), y).backward()
+                objective(h, y, d).backward()
                 optimizer.second_step()
             else:
                 optimizer.step()
