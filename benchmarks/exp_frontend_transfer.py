@@ -31,7 +31,7 @@ from stethoedge.runtime.padding import cyclic_pad
 from stethoedge.train.edge_learner import fit_probe, sample_weights
 from stethoedge.train.efficientat import MNConfig, load_efficientat
 from stethoedge.train.evaluation import point_metrics
-from stethoedge.train.sources import SourceConfig, _segments
+from stethoedge.train.sources import SourceConfig, iter_segments
 
 REF_SPEC = FeatureSpec(sample_rate=32000, n_mels=128, low_freq_hz=0.0, high_freq_hz=15000.0)
 
@@ -71,7 +71,7 @@ def main() -> None:
     shared = Path(args.shared)
     cfg = SourceConfig(sprsound=str(shared / "data/sprsound"), icbhi=str(shared / "data/icbhi_train16k"),
                        icbhi_test=str(shared / "data/icbhi_sample"))
-    rows = list(_segments(cfg))
+    rows = list(iter_segments(cfg))
     label = np.array([r[1] for r in rows])
     role, source, patient = (np.array([r[i] for r in rows]) for i in (2, 3, 5))
     rng = np.random.default_rng(0)

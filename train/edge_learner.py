@@ -489,10 +489,10 @@ def _finalize_scratch(r: EdgeRecipe, out: Path, model0: MobileNetV3Audio, tail: 
 
 def yamnet_probe(r: EdgeRecipe, src: SourceConfig, table: ExampleTable, cache: Path) -> np.ndarray:
     """Predictions of a logistic probe on frozen YAMNet embeddings of the same segments (fit on train, L2 on val)."""
-    from stethoedge.train.sources import _segments
+    from stethoedge.train.sources import iter_segments
     from stethoedge.train.yamnet_embed import YamnetEmbedder, embed_segments
 
-    emb = embed_segments((seg[0] for seg in _segments(src)), cache / "yamnet-embeddings.npy",
+    emb = embed_segments((seg[0] for seg in iter_segments(src)), cache / "yamnet-embeddings.npy",
                          embedder=YamnetEmbedder(r.yamnet), total=len(table))
     if len(emb) != len(table):
         raise DataError(f"{cache / 'yamnet-embeddings.npy'}: {len(emb)} rows for {len(table)} windows; delete it")

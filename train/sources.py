@@ -22,12 +22,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.features import compute_features
 from stethoedge.runtime.padding import cyclic_pad
+from stethoedge.train.icbhi import list_recordings, load_cycles
+from stethoedge.train.sprsound import list_records, load_events
 
 log = logging.getLogger("stethoedge.train")
 
@@ -83,12 +86,10 @@ def hold_out_patients(patients: list[str], fraction: float, seed: int) -> set[st
     return {unique[i] for i in rng.permutation(len(unique))[:k]}
 
 
-def _segments(cfg: SourceConfig):
+def iter_segments(cfg: SourceConfig) -> Iterator[tuple]:
     """Yield (audio 16 kHz, label, role, source, device, patient, recording, event type)."""
     rows = []
     if cfg.sprsound:
-        from stethoedge.train.sprsound import list_records, load_events
-
         records = list_records(cfg.sprsound)
         train_patients = [r.patient for r in records if r.split == "train"]
         val = hold_out_patients(train_patients, cfg.val_fraction, cfg.seed)
@@ -96,8 +97,6 @@ def _segments(cfg: SourceConfig):
             role = r.split if r.split != "train" else ("val" if r.patient in val else "train")
             rows.append((r, role, "sprsound"))
     if cfg.icbhi:
-        from stethoedge.train.icbhi import list_recordings
-
         recs = [r for r in list_recordings(cfg.icbhi) if r.split == "train"]
         patients = [str(r.patient) for r in recs]
         held = hold_out_patients(patients, cfg.icbhi_eval_fraction, cfg.seed + 1)
@@ -107,22 +106,16 @@ def _segments(cfg: SourceConfig):
             p = str(r.patient)
             rows.append((r, "eval" if p in held else "val" if p in val else "train", "icbhi"))
     if cfg.icbhi_test:
-        from stethoedge.train.icbhi import list_recordings
-
         rows += [(r, "test-icbhi", "icbhi") for r in list_recordings(cfg.icbhi_test) if r.split == "test"]
     taken: dict[tuple[str, str], int] = {}
     for rec, role, source in rows:
         if cfg.max_per_source is not None and taken.get((source, role), 0) >= cfg.max_per_source:
             continue
         if source == "sprsound":
-            from stethoedge.train.sprsound import load_events
-
             for audio, ev in load_events(rec):
                 yield audio, ev.label, role, source, SPR_DEVICE, f"spr:{rec.patient}", rec.stem, ev.type
                 taken[(source, role)] = taken.get((source, role), 0) + 1
         else:
-            from stethoedge.train.icbhi import load_cycles
-
             for audio, label in load_cycles(rec):
                 yield audio, label, role, source, rec.info.device, f"icbhi:{rec.patient}", rec.stem, ""
                 taken[(source, role)] = taken.get((source, role), 0) + 1
@@ -145,7 +138,7 @@ def build_table(cfg: SourceConfig, spec: FeatureSpec, cache_dir: str | os.PathLi
         feats = []
         from tqdm import tqdm
 
-        for audio, *row in tqdm(_segments(cfg), desc="segments -> features", unit="seg"):
+        for audio, *row in tqdm(iter_segments(cfg), desc="segments -> features", unit="seg"):
             window = cyclic_pad(audio, spec.window_samples)
             feats.append(compute_features(window, spec).astype(np.float16))
             for key, value in zip(meta, row):

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import time
 
-    from stethoedge.train.sources import SourceConfig, _segments
+    from stethoedge.train.sources import SourceConfig, iter_segments
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--out", required=True)
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cfg = SourceConfig(sprsound=args.sprsound, icbhi=args.icbhi, icbhi_test=args.icbhi_test)
     start = time.perf_counter()
-    emb = embed_segments((seg[0] for seg in _segments(cfg)), args.out, embedder=YamnetEmbedder(args.weights))
+    emb = embed_segments((seg[0] for seg in iter_segments(cfg)), args.out, embedder=YamnetEmbedder(args.weights))
     print(f"{args.out}: {emb.shape} {emb.dtype} in {time.perf_counter() - start:.1f} s")
 
 
