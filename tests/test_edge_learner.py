@@ -148,9 +148,9 @@ def test_random_init_baseline_trains_the_same_network_from_scratch(tmp_path: Pat
 
     metrics = run_recipe(_recipe(tmp_path / "run", weights, tmp_path / "cache", init="random", tune_from=14,
                                  views=0, epochs=1, l2sp=0.0))
-    assert metrics["shipped"] == "mn04 from random init, same recipe"
+    assert metrics["shipped"] == "mn04 from random init"
     assert metrics["pretrained"] == {"source": "random initialisation"}
-    assert set(metrics["evaluation"]["test-inter/sprsound"]) == {"always-normal", "mn04 from random init, same recipe"}
+    assert set(metrics["evaluation"]["test-inter/sprsound"]) == {"always-normal", "mn04 from random init"}
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt.meta["trained_on"]["pretrained"] is None
     assert not any(p.name.startswith("trunk14-mn0.4-clean") for p in (tmp_path / "cache").rglob("*.npy")), \

@@ -477,7 +477,7 @@ def _finalize_scratch(r: EdgeRecipe, out: Path, model0: MobileNetV3Audio, tail: 
                       counts: dict, load_report: dict, best: dict, history: list, src: SourceConfig,
                       spec: FeatureSpec, logits: np.ndarray, started: float) -> dict[str, Any]:
     """The random-initialisation baseline's run: its own predictions only (no probes of random features)."""
-    name = "mn04 from random init, same recipe"
+    name = "mn04 from random init"
     predictions = {"always-normal": np.zeros(len(table), np.int64), name: logits.argmax(1)}
     metrics = _metrics(r, counts, load_report, best, history, evaluate_table(table, predictions), started,
                        shipped=name)
