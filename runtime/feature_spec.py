@@ -13,7 +13,7 @@ use_energy=False, num_mel_bins=128, frame_shift=10)``), followed by AST's normal
   to the bins up to 8 kHz (the bands above stay empty, as they are in 16 kHz audio upsampled to
   32 kHz); the power is scaled by (32/16)^2 for the longer 32 kHz window and the pre-emphasis is
   applied as its 32 kHz frequency response. ``lowpass_hz`` band-limits the power spectrum so that
-  sources of different bandwidth look alike (see docs/MODEL.md for the measurements).
+  sources of different bandwidth look alike (MODEL_CARD.md has the measurements).
 
 The numpy implementation (runtime/features.py) and the torch
 implementation (train/features_torch.py) both read this spec and are parity-tested.

@@ -33,27 +33,23 @@ def _smoothing(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _bundle_and_target(args: argparse.Namespace, target: str) -> None:
-    """``[BUNDLE] TARGET``: one path is the target with the shipped default bundle, two are bundle and target."""
-    from stethoedge.runtime.errors import StethoedgeError
-
-    paths = args.paths
-    if len(paths) > 2:
-        raise StethoedgeError(f"expected [BUNDLE] {target.upper()}, got {len(paths)} paths: {' '.join(paths)}")
-    if len(paths) == 1:
-        from stethoedge.models import default_bundle
-
-        args.bundle = str(default_bundle())
-    else:
-        args.bundle = paths[0]
-    setattr(args, target, paths[-1])
-
-
 def _default_bundle_if_none(args: argparse.Namespace) -> None:
+    """No bundle named: the model shipped with the package (stethoedge.models)."""
     if args.bundle is None:
         from stethoedge.models import default_bundle
 
         args.bundle = str(default_bundle())
+
+
+def _bundle_and_target(args: argparse.Namespace, target: str) -> None:
+    """``[BUNDLE] TARGET``: one path is the target (with the shipped bundle), two are bundle and target."""
+    from stethoedge.runtime.errors import StethoedgeError
+
+    if len(args.paths) > 2:
+        raise StethoedgeError(f"expected [BUNDLE] {target.upper()}, got {len(args.paths)} paths: {' '.join(args.paths)}")
+    args.bundle = args.paths[0] if len(args.paths) == 2 else None
+    _default_bundle_if_none(args)
+    setattr(args, target, args.paths[-1])
 
 
 def _open_classifier(args: argparse.Namespace):

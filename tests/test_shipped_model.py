@@ -77,3 +77,10 @@ def test_shipped_model_beats_always_normal_on_unseen_patients() -> None:
     m = point_metrics(np.array(labels), np.array(preds))
     # always-"normal" scores 0.25 on this binary challenge Score; the full test set measured 0.84.
     assert m["binary_score"] > 0.6, m
+
+
+def test_classify_with_three_paths_is_one_clear_error(capsys: pytest.CaptureFixture) -> None:
+    from stethoedge.cli import main
+
+    assert main(["classify", "a", "b", "c"]) == 2
+    assert "expected [BUNDLE] AUDIO, got 3 paths" in capsys.readouterr().err
