@@ -15,13 +15,16 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -170,11 +173,29 @@ def _verify(kind: ArtifactKind, path: Path, features: np.ndarray, reference: np.
     return result
 
 
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT while numpy writes a zip archive; they are delivered right after.
+
+    numpy's savez cannot be unwound mid-write: an exception inside it leaves the zip with an open
+    handle and Python prints a traceback from ZipFile.__del__ (an export stopped by SIGTERM must
+    end with one clean line).
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _save_calibration(tmp: Path, rep: WindowSet, keep: int) -> dict[str, Any]:
     """The representative set's first ``keep`` windows (fp16 features) for TensorRT INT8 on the target."""
     idx = np.arange(min(keep, len(rep)))
     path = tmp / CALIBRATION_NAME
-    with open(path, "wb") as f:
+    with _signals_held(), open(path, "wb") as f:
         np.savez_compressed(f, features=rep.features[idx].astype(np.float16), labels=rep.labels[idx],
                             provenance=np.array(json.dumps(rep.provenance)))
     return {"file": CALIBRATION_NAME, "sha256": sha256_file(path), "windows": int(len(idx)),
@@ -219,8 +240,9 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the device's service user must read the bundle
     try:
-        np.savez(tmp / SELFTEST_NAME, audio=held.audio[chosen], features=torch_features[chosen],
-                 logits=reference[chosen].astype(np.float32))
+        with _signals_held():
+            np.savez(tmp / SELFTEST_NAME, audio=held.audio[chosen], features=torch_features[chosen],
+                     logits=reference[chosen].astype(np.float32))
         artifacts, failed = [], []
         for name in names:
             kind = KINDS[name]
