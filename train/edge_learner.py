@@ -134,12 +134,14 @@ class FeatureAugment:
         limit = (torch.rand(n, generator=self.gen) < self.r.band_limit_p)[:, None] & (self.centres[None] > cut[:, None])
         x = torch.where(limit[:, None, :], torch.full_like(x, self.floor), x)
         for i in range(n):
-            f0, fw = int(torch.randint(0, mels - 16, (1,), generator=self.gen)), int(torch.randint(0, 16, (1,), generator=self.gen))
-            t0, tw = int(torch.randint(0, frames - 80, (1,), generator=self.gen)), int(torch.randint(0, 80, (1,), generator=self.gen))
+            f0, fw, t0, tw = (self._int(mels - 16), self._int(16), self._int(frames - 80), self._int(80))
             x[i, :, f0:f0 + fw] = x[i].mean()
             x[i, t0:t0 + tw, :] = x[i].mean()
-            x[i] = torch.roll(x[i], int(torch.randint(0, frames, (1,), generator=self.gen)), dims=0)
+            x[i] = torch.roll(x[i], self._int(frames), dims=0)
         return x
+
+    def _int(self, high: int) -> int:
+        return int(torch.randint(0, high, (1,), generator=self.gen))
 
 
 # --------------------------------------------------------------------------- trunk cache
@@ -152,22 +154,25 @@ def trunk_outputs(trunk: nn.Module, features: np.ndarray, idx: np.ndarray, path:
         return np.load(path, mmap_mode="r")
     from tqdm import tqdm
 
+    if not len(idx):
+        raise DataError(f"no windows to run the trunk on for {path.name}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     out = None
-    with torch.no_grad():
-        for s in tqdm(range(0, len(idx), batch), desc=desc, unit="batch"):
-            x = torch.from_numpy(np.asarray(features[idx[s:s + batch]], dtype=np.float32))
-            if augment is not None:
-                x = augment(x)
-            y = trunk(MobileNetV3Audio.to_image(x)).numpy()
-            if out is None:
-                out = np.lib.format.open_memmap(path.with_name(f".{path.name}.tmp-{os.getpid()}"), mode="w+",
-                                                dtype=np.float32, shape=(len(idx), *y.shape[1:]))
-            out[s:s + len(y)] = y
-    assert out is not None
-    out.flush()
-    tmp = Path(out.filename)
-    del out
-    os.replace(tmp, path)
+    try:
+        with torch.no_grad():
+            for s in tqdm(range(0, len(idx), batch), desc=desc, unit="batch"):
+                x = torch.from_numpy(np.asarray(features[idx[s:s + batch]], dtype=np.float32))
+                if augment is not None:
+                    x = augment(x)
+                y = trunk(MobileNetV3Audio.to_image(x)).numpy()
+                if out is None:
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(idx), *y.shape[1:]))
+                out[s:s + len(y)] = y
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # an interrupted pass leaves no half cache behind
     return np.load(path, mmap_mode="r")
 
 
@@ -343,11 +348,10 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
     else:
         raise DataError(f"init {r.init!r} is not 'pretrained' or 'random'")
     cache = Path(table.info["cache"])
-    train_idx = table.where("train")
-    h_clean, views = cached_trunk(r, spec, table, pretrained, train_idx)
-    val_idx = table.where("val")
+    train_idx, val_idx = table.where("train"), table.where("val")
     if not len(train_idx) or not len(val_idx):
         raise DataError(f"need training and validation windows, got {len(train_idx)} and {len(val_idx)}")
+    h_clean, views = cached_trunk(r, spec, table, pretrained, train_idx)
     y_train, s_train = table.label[train_idx], table.source[train_idx]
     y_val, s_val = table.label[val_idx], table.source[val_idx]
     h_val = np.asarray(h_clean[val_idx])
