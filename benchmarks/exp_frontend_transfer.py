@@ -73,7 +73,7 @@ def main() -> None:
                        icbhi_test=str(shared / "data/icbhi_sample"))
     rows = list(iter_segments(cfg))
     label = np.array([r[1] for r in rows])
-    role, source, patient = (np.array([r[i] for r in rows]) for i in (2, 3, 5))
+    role, source = (np.array([r[i] for r in rows]) for i in (2, 3))
     rng = np.random.default_rng(0)
     keep = []
     for s in ("sprsound", "icbhi"):
@@ -90,7 +90,7 @@ def main() -> None:
                 model.embed(torch.from_numpy(np.stack([features(variant, cyclic_pad(rows[i][0], 128000))
                                                        for i in keep[s:s + 32]]))).numpy()
                 for s in range(0, len(keep), 32)])
-        lab, rol, src, pat = label[keep], role[keep], source[keep], patient[keep]
+        lab, rol, src = label[keep], role[keep], source[keep]
         cell = {}
         for trained_on in ("sprsound", "icbhi", "both"):
             tr = (rol == "train") & ((src == trained_on) | (trained_on == "both"))
