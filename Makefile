@@ -17,7 +17,7 @@ DEMO_OUT ?= out/demo
 REAL ?= $(firstword $(wildcard ../shared/data/icbhi_sample/audio_and_txt_files))
 WEIGHTS ?= $(firstword $(wildcard ../shared/weights/efficientat_mn04_as.pt))
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean system-deps
 
 venv: $(STAMP)
 
@@ -30,7 +30,14 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(VENV)/bin/stethoedge demo --out $(DEMO_OUT) $(if $(REAL),--real $(REAL)) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
-test: $(STAMP)
+# System packages some tests need (C compiler, PortAudio/PulseAudio, espeak-ng): installed with apt-get
+# where we are root (or have password-less sudo), else the script prints which tests will skip and why.
+# SYSTEM_DEPS=0 leaves the system alone.
+SYSTEM_DEPS ?= 1
+system-deps:
+	@STETHOEDGE_SYSTEM_DEPS=$(SYSTEM_DEPS) bash scripts/system-deps.sh
+
+test: system-deps $(STAMP)
 	$(PY) -m pytest -q tests
 
 clean:

@@ -55,7 +55,9 @@ EXPORT = [
     "polygraphy>=0.49",  # ONNX lint before TensorRT builds on the target
     "onnx-graphsurgeon>=0.5",  # needed by `polygraphy check lint`
 ] + TFLITE
-DEV = ["pytest>=8", "hypothesis>=6.100", "kaldi-native-fbank>=1.20"]
+# atheris: coverage-guided fuzzing of the parsers (benchmarks/fuzz_*.py, tests/test_fuzzers.py).
+FUZZ = ["atheris>=2.3"]
+DEV = ["pytest>=8", "hypothesis>=6.100", "kaldi-native-fbank>=1.20"] + FUZZ
 
 setup(
     name="stethoedge",
@@ -79,6 +81,7 @@ setup(
         "train": TRAIN + RUNTIME,
         "export": EXPORT + TRAIN + RUNTIME,
         "dev": DEV,
+        "fuzz": FUZZ,
         "all": sorted(set(RUNTIME + TRAIN + EXPORT + TFLITE + DEV)),
     },
     entry_points={"console_scripts": ["stethoedge=stethoedge.cli:main"]},

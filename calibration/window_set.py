@@ -19,6 +19,7 @@ from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.features import compute_features
 from stethoedge.runtime.labels import CLASSES
+from stethoedge.runtime.outputs import open_output
 from stethoedge.runtime.padding import cyclic_pad
 from stethoedge.train.icbhi import Recording, load_cycles
 
@@ -38,10 +39,9 @@ class WindowSet:
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically as .npz (provenance as a JSON string; no pickles)."""
         p = Path(path)
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}.npz")
-        np.savez_compressed(tmp, audio=self.audio, features=self.features, labels=self.labels,
-                            provenance=np.array(json.dumps(self.provenance)))
-        os.replace(tmp, p)
+        with open_output(p) as fh:
+            np.savez_compressed(fh, audio=self.audio, features=self.features, labels=self.labels,
+                                provenance=np.array(json.dumps(self.provenance)))
         return p
 
     @classmethod

@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import traceback
@@ -37,7 +36,9 @@ from stethoedge.export.verify import Gate, pick_selftest, verify_artifact
 from stethoedge.runtime.bundle import (
     SCHEMA, SCHEMA_VERSION, SELFTEST_NAME, atomic_write_text, load_bundle, sha256_file, write_manifest,
 )
-from stethoedge.runtime.errors import DataError, OutputError, StethoedgeError
+from stethoedge.runtime.bundle import MAX_TOLERANCE
+from stethoedge.runtime.errors import DataError, StethoedgeError
+from stethoedge.runtime.outputs import check_output_dir, install_dir, temp_dir_beside
 from stethoedge.train.checkpoint import architecture_of, load_checkpoint
 from stethoedge.train.dataset import fbank_batches
 from stethoedge.train.icbhi import list_recordings
@@ -90,23 +91,6 @@ def heldout_windows(run: Path, spec, data: str | None, max_windows: int, seed: i
             ws.provenance["data"] = root.resolve().name  # the dataset folder, not this machine's path
             return ws
     raise DataError(f"{root}: none of the run's test or validation recordings were found")
-
-
-def _install(tmp: Path, out: Path, force: bool) -> None:
-    """Move the finished bundle into place; an existing one is replaced only with ``force``."""
-    if out.exists():
-        if not force:
-            raise StethoedgeError(f"{out} already exists; pass --force to replace it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        try:
-            os.replace(tmp, out)
-        except OSError as exc:  # another export installed ``out`` after our check (a non-empty directory)
-            raise OutputError(f"{out} appeared while this export ran (another export into the same place?); "
-                              f"it was left as is ({exc.strerror})") from None
 
 
 def _build(kind: ArtifactKind, model: torch.nn.Module, tmp: Path, input_shape: tuple[int, int],
@@ -215,8 +199,10 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
     """
     run, out = Path(run), Path(out)
     names = resolve_formats(formats)
-    if out.exists() and not force:  # fail before minutes of conversion, not after
+    if os.path.lexists(out) and not force:  # fail before minutes of conversion, not after
         raise StethoedgeError(f"{out} already exists; pass --force to replace it")
+    # runtime/outputs.py: its parent must exist; never the run, nor (replaced with --force) a directory holding inputs
+    out = check_output_dir(out, inputs=[run, data, calibration_set], replace=True)
     ckpt = load_checkpoint(run)
     spec = ckpt.spec
     held = heldout_windows(run, spec, data, max_windows, seed)
@@ -236,9 +222,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
         if set(rep.provenance.get("recordings", [])) & set(held.provenance.get("recordings", [])):
             raise DataError("the representative set shares recordings with the verification windows")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the device's service user must read the bundle
+    tmp = temp_dir_beside(out)
     try:
         with _signals_held():
             np.savez(tmp / SELFTEST_NAME, audio=held.audio[chosen], features=torch_features[chosen],
@@ -263,7 +247,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
             artifacts.append({
                 "name": name, "file": kind.file, "format": kind.format, "precision": kind.precision,
                 "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
-                "tolerance": max(kind.tolerance, 4.0 * result["selftest_max_logit_diff"]),
+                # capped: the runtime refuses a tolerance above MAX_TOLERANCE (it would switch the check off)
+                "tolerance": min(MAX_TOLERANCE, max(kind.tolerance, 4.0 * result["selftest_max_logit_diff"])),
                 "status": "passed" if passed else "failed-verification",
                 "calibrated_on": _calibrated_on(kind, rep),
                 "export_seconds": round(seconds, 2), "verification": result,
@@ -306,7 +291,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
         report = render_report(manifest)
         atomic_write_text(tmp / "export_report.md", report)
         load_bundle(tmp)  # the bundle must load with the runtime's own checks before it is installed
-        _install(tmp, out, force)
+        install_dir(tmp, out, replace=force, what="this export")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,7 @@ from stethoedge.calibration.tensorrt_calibrator import CACHE_NAME, cache_usable,
 from stethoedge.runtime.backends.tensorrt_backend import device_environment, gpu_name
 from stethoedge.runtime.bundle import MANIFEST_NAME, load_bundle, sha256_file, write_manifest
 from stethoedge.runtime.errors import BackendError, BundleError
+from stethoedge.runtime.outputs import atomic_write_bytes
 
 PRECISIONS = ("fp16", "int8")
 TRTEXEC_PATHS = ("trtexec", "/usr/src/tensorrt/bin/trtexec")
@@ -80,9 +81,7 @@ def _build_python(onnx: Path, engine: Path, precision: str, input_name: str, inp
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendError(f"TensorRT failed to build the {precision} engine (see the log above)")
-    tmp = engine.with_name(f".{engine.name}.tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine)
+    atomic_write_bytes(engine, bytes(serialized))
 
 
 def build_engine(bundle_path: str | os.PathLike, precision: str = "fp16", max_batch: int = 8,
@@ -130,7 +129,7 @@ def build_engine(bundle_path: str | os.PathLike, precision: str = "fp16", max_ba
 
 def add_artifact(bundle_root: Path, entry: dict[str, Any]) -> None:
     """Add or replace one artifact entry in a bundle's manifest (atomic; drops a stale signature)."""
-    manifest = json.loads((bundle_root / MANIFEST_NAME).read_text())
+    manifest = json.loads((bundle_root / MANIFEST_NAME).read_bytes().decode("utf-8-sig"))
     manifest["artifacts"] = [a for a in manifest["artifacts"] if a["name"] != entry["name"]] + [entry]
     cache = bundle_root / CACHE_NAME
     if cache.is_file():

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from stethoedge.runtime.outputs import output_path
+
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
 
 
@@ -29,10 +31,8 @@ def _quiet() -> None:
 
 
 def _save(edge_model, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    edge_model.export(str(tmp))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with output_path(path) as tmp:
+        edge_model.export(str(tmp))
     return path
 
 
@@ -96,8 +96,6 @@ def _fp16_weights(src: Path, dst: Path) -> Path:
                               granularity=qtyping.QuantGranularity.CHANNELWISE, algorithm_key="float_casting")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         result = qz.quantize()  # prints a size summary and a progress bar
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    result.export_model(str(tmp), overwrite=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dst)
+    with output_path(dst) as tmp:
+        result.export_model(str(tmp), overwrite=True)
     return dst

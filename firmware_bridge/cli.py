@@ -14,6 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from stethoedge.cli_common import bounded_float, bounded_int  # standard library only, like this module
+
+#: Most samples one PCM16 AUDIO frame carries (messages.Audio.max_samples; a test checks they agree).
+MAX_FRAME_SAMPLES = 2042
+
 
 def add_bridge_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``bridge`` (with ``simulate`` and ``decode``) on the main CLI's subparsers.
@@ -40,21 +45,23 @@ def add_bridge_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                      "create a pseudo-terminal pair and print the name the host should open")
     sim.add_argument("--wav", required=True, help="audio file to stream (resampled to --rate, mixed to mono)")
     sim.add_argument("--format", choices=("pcm16", "adpcm"), default="pcm16",
-                     help="sample encoding: pcm16 (256 kbit/s) or adpcm (64 kbit/s, for slow UART/BLE links)")
-    sim.add_argument("--baud", type=int, default=921600, help="line speed of a real serial port (default 921600)")
+                     help="sample encoding: pcm16 (256 kbit/s) or adpcm (64 kbit/s, for slow UART/BLE links) "
+                     "(default %(default)s)")
+    sim.add_argument("--baud", type=bounded_int(1200, 16_000_000), default=921600, help="line speed of a real serial port (default 921600)")
     sim.add_argument("--throttle", action="store_true",
-                     help="limit the byte rate to what a UART at --baud carries (8N1), e.g. on a pty")
-    sim.add_argument("--realtime", action="store_true", help="send each frame when a device would (audio clock)")
-    sim.add_argument("--rate", type=int, default=16000, help="device sample rate in Hz (default 16000)")
-    sim.add_argument("--frame-samples", type=int, default=256, help="samples per AUDIO frame (default 256)")
-    sim.add_argument("--heartbeat-ms", type=int, default=1000, help="HEARTBEAT period in ms of audio (0 = none)")
-    sim.add_argument("--wait-start", action="store_true", help="wait for the host's CONTROL START before streaming")
-    sim.add_argument("--start-timeout", type=float, default=30.0, help="seconds to wait for START (default 30)")
-    sim.add_argument("--linger", type=float, default=1.0,
+                     help="limit the byte rate to what a UART at --baud carries (8N1), e.g. on a pty "
+                     "(default: off, as fast as the port takes)")
+    sim.add_argument("--realtime", action="store_true", help="send each frame when a device would, on the audio clock (default: off, at once)")
+    sim.add_argument("--rate", type=bounded_int(4000, 192_000), default=16000, help="device sample rate in Hz (default 16000)")
+    sim.add_argument("--frame-samples", type=bounded_int(1, MAX_FRAME_SAMPLES), default=256, help="samples per AUDIO frame (default 256)")
+    sim.add_argument("--heartbeat-ms", type=bounded_int(0, 60_000), default=1000, help="HEARTBEAT period in ms of audio, 0 = none (default 1000)")
+    sim.add_argument("--wait-start", action="store_true", help="wait for the host's CONTROL START before streaming (default: off, stream at once)")
+    sim.add_argument("--start-timeout", type=bounded_float(0.1, 3600.0), default=30.0, help="seconds to wait for START (default 30)")
+    sim.add_argument("--linger", type=bounded_float(0.0, 3600.0), default=1.0,
                      help="seconds to keep listening for host frames after the last AUDIO frame (default 1)")
-    sim.add_argument("--loop", action="store_true", help="repeat the file until interrupted")
-    sim.add_argument("--device-id", default="stethoedge-sim", help="device id announced in HELLO")
-    sim.add_argument("--boot-id", type=int, default=None,
+    sim.add_argument("--loop", action="store_true", help="repeat the file until interrupted (default: off, once)")
+    sim.add_argument("--device-id", default="stethoedge-sim", help="device id announced in HELLO (default %(default)s)")
+    sim.add_argument("--boot-id", type=bounded_int(0, 0xFFFFFFFF), default=None,
                      help="boot id announced in HELLO (default: random, as a real device after power-up)")
     sim.set_defaults(func=run_simulate)
 
@@ -65,8 +72,8 @@ def add_bridge_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "frame, then the decoder's counters and the audio stream's gaps.",
     )
     dec.add_argument("file", help="raw capture (e.g. from `cat /dev/ttyACM0 > capture.bin`)")
-    dec.add_argument("--limit", type=int, default=None, help="list at most this many frames")
-    dec.add_argument("--quiet", action="store_true", help="only the summary")
+    dec.add_argument("--limit", type=bounded_int(0, 1_000_000_000), default=None, help="list at most this many frames (default: all)")
+    dec.add_argument("--quiet", action="store_true", help="print only the summary, no line per frame (default: off)")
     dec.set_defaults(func=run_decode)
     return bridge
 

@@ -22,6 +22,7 @@ from stethoedge.runtime.backends import open_backend
 from stethoedge.runtime.bundle import Bundle, load_bundle
 from stethoedge.runtime.errors import StethoedgeError
 from stethoedge.runtime.features import compute_features
+from stethoedge.runtime.outputs import atomic_write_bytes
 
 THERMAL_ROOT = Path("/sys/class/thermal")
 CSV_COLUMNS = ("artifact", "format", "precision", "status", "threads", "size_mb", "p50_ms", "p95_ms", "p99_ms",
@@ -56,6 +57,8 @@ def bench_bundle(bundle_path: str | os.PathLike, threads: int | list[int] | None
     timing_audio = bundle.selftest.audio if audio is None else audio
     manifest_failed = bundle.manifest.get("failed_artifacts", [])
     names = artifacts or list(bundle.artifacts)
+    for name in names:  # an unknown name is one BundleError listing the bundle's artifacts, before any timing
+        bundle.artifact(name, allow_failed=True)
     reference = None
     if audio is not None:
         ref_name = "onnx-fp32" if "onnx-fp32" in bundle.artifacts else next(iter(bundle.artifacts))
@@ -133,19 +136,19 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def write_outputs(rows: list[dict[str, Any]], json_path: str | os.PathLike | None = None,
+                  csv_path: str | os.PathLike | None = None, png_path: str | os.PathLike | None = None,
+                  sustained: dict[str, Any] | None = None) -> None:
+    """Write the rows as JSON, CSV and/or a PNG bar chart of p50 latency (matplotlib), each atomically.
 
-
-def write_outputs(rows: list[dict[str, Any]], json_path: str | None = None, csv_path: str | None = None,
-                  png_path: str | None = None) -> None:
-    """Write the rows as JSON, CSV and/or a PNG bar chart of p50 latency (matplotlib), each atomically."""
+    Paths follow runtime/outputs.py (devices and FIFOs written through, links followed). With
+    ``sustained`` the JSON is ``{"rows": ..., "sustained": ...}``.
+    """
     if json_path:
-        _atomic(Path(json_path), (json.dumps(rows, indent=2) + "\n").encode())
+        doc: Any = rows if sustained is None else {"rows": rows, "sustained": sustained}
+        atomic_write_bytes(json_path, (json.dumps(doc, indent=2) + "\n").encode())
     if csv_path:
-        _atomic(Path(csv_path), rows_to_csv(rows).encode())
+        atomic_write_bytes(csv_path, rows_to_csv(rows).encode())
     if png_path:
         try:
             import matplotlib
@@ -166,7 +169,7 @@ def write_outputs(rows: list[dict[str, Any]], json_path: str | None = None, csv_
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
-        _atomic(Path(png_path), buf.getvalue())
+        atomic_write_bytes(png_path, buf.getvalue())
 
 
 def read_temperatures(root: Path = THERMAL_ROOT) -> dict[str, float]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 
 from stethoedge.runtime.errors import BundleError
 from stethoedge.runtime.feature_spec import FeatureSpec
+from stethoedge.runtime.outputs import atomic_write_text  # noqa: F401  (re-exported: export/ and train/ import it here)
 
 SCHEMA = "stethoedge.bundle"
 SCHEMA_VERSION = 2
@@ -62,6 +63,11 @@ ARTIFACT_STATUSES = ("passed", "failed-verification")
 #: status "failed" and a reason (they have no file).
 #: Artifact formats this runtime knows how to open.
 FORMATS = ("onnx", "tflite", "tensorrt")
+#: Largest self-test logit tolerance an artifact may state: a bigger (or NaN) one would
+#: switch the self-test's logit check off.
+MAX_TOLERANCE = 100.0
+#: Optional top-level file references ({"file", "sha256"}) read by build-engine on the target.
+OPTIONAL_FILES = ("calibration", "calibration_cache")
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,10 @@ class Bundle:
         """The named artifact (default: the manifest's default); refuses failed ones unless allowed."""
         name = name or self.manifest["default_artifact"]
         if name not in self.artifacts:
-            raise BundleError(f"{self.root}: no artifact {name!r}; it has {', '.join(self.artifacts)}")
+            built = next((f for f in self.manifest.get("failed_artifacts", []) if f["name"] == name), None)
+            why = f" ({name} could not be built at export: {built['reason']})" if built else ""
+            raise BundleError(f"{self.root}: no artifact {name!r}{why}; it has {', '.join(self.artifacts)} "
+                              "(choose one with --artifact)")
         art = self.artifacts[name]
         if art.status != "passed" and not allow_failed:
             raise BundleError(
@@ -167,8 +176,11 @@ def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> None:
             raise BundleError(f"{where}: artifacts[{i}] sha256 must be 64 hex digits")
         if art["name"] in names:
             raise BundleError(f"{where}: artifact name {art['name']!r} appears twice")
-        if Path(art["file"]).name != art["file"]:
-            raise BundleError(f"{where}: artifacts[{i}] file {art['file']!r} must be a plain file name")
+        _check_file_name(art["file"], f"{where}: artifacts[{i}] file")
+        tolerance = art["tolerance"]
+        if isinstance(tolerance, bool) or not (math.isfinite(tolerance) and 0 <= tolerance <= MAX_TOLERANCE):
+            raise BundleError(f"{where}: artifacts[{i}] tolerance {tolerance!r} must be a finite number "
+                              f"0 <= tolerance <= {MAX_TOLERANCE:g} (max abs logit difference of the self-test)")
         names.add(art["name"])
     failed = manifest.get("failed_artifacts", [])
     if not isinstance(failed, list) or not all(
@@ -177,15 +189,79 @@ def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> None:
         raise BundleError(f"{where}: failed_artifacts must be a list of objects with a name and a reason")
     if manifest["default_artifact"] not in names:
         raise BundleError(f"{where}: default_artifact {manifest['default_artifact']!r} is not among the artifacts")
-    if not all(isinstance(x, str) for x in manifest["labels"]) or len(manifest["labels"]) < 2:
-        raise BundleError(f"{where}: labels must be a list of at least two strings")
+    _check_labels(manifest["labels"], where)
     shape = manifest["input"].get("shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) for s in shape[1:])):
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(s) for s in shape[1:])):
         raise BundleError(f"{where}: input.shape must be [batch, frames, mels]")
+    out_shape = manifest["output"].get("shape")
+    if not (isinstance(out_shape, list) and len(out_shape) == 2 and _is_int(out_shape[1])):
+        raise BundleError(f"{where}: output.shape must be [batch, classes]")
+    if out_shape[1] != len(manifest["labels"]):
+        raise BundleError(f"{where}: the model outputs {out_shape[1]} classes (output.shape) but there are "
+                          f"{len(manifest['labels'])} labels; they must match one to one")
+    st = manifest["selftest"]
+    if not (isinstance(st.get("file"), str) and _is_sha256(st.get("sha256"))):
+        raise BundleError(f"{where}: selftest must name a file and its sha256 (64 hex digits)")
+    _check_file_name(st["file"], f"{where}: selftest file")
+    for key in OPTIONAL_FILES:
+        ref = manifest.get(key)
+        if ref is None:
+            continue
+        if not (isinstance(ref, dict) and isinstance(ref.get("file"), str) and _is_sha256(ref.get("sha256"))):
+            raise BundleError(f"{where}: {key} must name a file and its sha256 (64 hex digits)")
+        _check_file_name(ref["file"], f"{where}: {key} file")
+    try:
+        FeatureSpec.from_dict(manifest["feature_spec"])
+    except BundleError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower())
+
+
+def _check_file_name(name: str, what: str) -> None:
+    """A file reference must be a plain file name in the bundle directory: no path, no '..', not absolute."""
+    if not name or name in (".", "..") or Path(name).name != name or "/" in name or "\\" in name or "\0" in name:
+        raise BundleError(f"{what} {name!r} must be a plain file name inside the bundle directory "
+                          "(no absolute path, no directory, no '..')")
+
+
+def _check_labels(labels: list[Any], where: str) -> None:
+    """Labels: at least two unique, non-empty, printable strings without surrounding spaces."""
+    if len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        raise BundleError(f"{where}: labels must be a list of at least two strings")
+    for i, label in enumerate(labels):
+        if not label.strip() or label != label.strip() or not label.isprintable():
+            raise BundleError(f"{where}: labels[{i}] {label!r} must be a non-empty printable name "
+                              "without leading or trailing spaces")
+    seen: set[str] = set()
+    dupes: set[str] = set()
+    for label in labels:
+        (dupes if label in seen else seen).add(label)
+    if dupes:
+        raise BundleError(f"{where}: labels must be unique; {', '.join(map(repr, sorted(dupes)))} appears more than once "
+                          "(the probabilities of one class would be dropped)")
+
+
+def _inside(root: Path, name: str) -> Path:
+    """``root / name``, refused when it (a symlink) resolves outside the bundle directory."""
+    path = root / name
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise BundleError(f"{root}: {name} cannot be resolved ({exc})") from None
+    if not real.is_relative_to(root.resolve()):
+        raise BundleError(f"{root}: {name} is a link to {real}, outside the bundle directory; refusing to read it")
+    return path
 
 
 def _verify_file(root: Path, name: str, expected_sha: str) -> Path:
-    path = root / name
+    path = _inside(root, name)
     if not path.is_file():
         raise BundleError(f"{root}: file {name!r} named in the manifest is missing")
     actual = sha256_file(path)
@@ -228,8 +304,10 @@ def load_bundle(path: str | os.PathLike, require_signature: str | os.PathLike | 
 
         verify_bundle(root, require_signature)
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # utf-8-sig: a byte-order mark (some Windows editors add one) is harmless; the signature
+        # above covers the exact bytes, BOM included.
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
     validate_manifest(manifest, str(manifest_path))
     spec = FeatureSpec.from_dict(manifest["feature_spec"])
@@ -248,26 +326,11 @@ def load_bundle(path: str | os.PathLike, require_signature: str | os.PathLike | 
             engine=art.get("engine"),
         )
     st = manifest["selftest"]
-    if not isinstance(st.get("file"), str) or not isinstance(st.get("sha256"), str):
-        raise BundleError(f"{manifest_path}: selftest must name a file and its sha256")
     selftest = load_selftest(_verify_file(root, st["file"], st["sha256"]), spec, len(labels))
+    for key in OPTIONAL_FILES:  # read only by build-engine, which checks them; here: never outside the bundle
+        if manifest.get(key) is not None:
+            _inside(root, manifest[key]["file"])
     return Bundle(root, manifest, spec, labels, artifacts, selftest)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary file and rename, so readers never see half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a service user on the device must read it
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:

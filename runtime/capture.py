@@ -38,8 +38,11 @@ def import_sounddevice() -> Any:
     """Import sounddevice, or AudioError saying how to get PortAudio."""
     try:
         import sounddevice
-    except OSError as exc:  # sounddevice raises OSError when libportaudio is missing
-        raise AudioError(f"PortAudio library not found ({exc}); install it: sudo apt install libportaudio2") from None
+    except OSError as exc:  # sounddevice raises OSError("PortAudio library not found") when libportaudio is missing
+        detail = str(exc).strip()
+        what = ("PortAudio library not found" if not detail or "portaudio library not found" in detail.lower()
+                else f"PortAudio library could not be loaded ({detail})")
+        raise AudioError(f"{what}; install it: sudo apt install libportaudio2") from None
     except ImportError:
         raise AudioError("sounddevice is not installed: pip install sounddevice (and apt install libportaudio2)") from None
     return sounddevice
@@ -57,9 +60,13 @@ def _resolve(sd: Any, device: int | str | None) -> int:
 def input_devices() -> list[dict[str, Any]]:
     """Every input device: index, name, host API, channels, default rate and the probed rates it accepts."""
     sd = import_sounddevice()
+    try:
+        default_in = sd.default.device[0] if sd.default.device else -1
+        listed = sd.query_devices()
+    except (sd.PortAudioError, ValueError, OSError) as exc:
+        raise AudioError(f"PortAudio cannot list the audio devices ({exc})") from None
     out = []
-    default_in = sd.default.device[0] if sd.default.device else -1
-    for dev in sd.query_devices():
+    for dev in listed:
         if dev["max_input_channels"] <= 0:
             continue
         rates = []

@@ -83,7 +83,11 @@ def audio_report() -> dict[str, Any]:
         sd = import_sounddevice()
     except StethoedgeError as exc:
         return {"available": False, "portaudio": None, "devices": [], "detail": str(exc), "install": AUDIO_INSTALL}
-    devices = input_devices()
+    try:
+        devices = input_devices()
+    except StethoedgeError as exc:
+        return {"available": True, "portaudio": sd.get_portaudio_version()[1], "devices": [], "detail": str(exc),
+                "install": AUDIO_INSTALL}
     detail = f"{len(devices)} input device(s)" if devices else "no input devices (no sound card or audio server)"
     return {"available": True, "portaudio": sd.get_portaudio_version()[1], "devices": devices, "detail": detail,
             "install": AUDIO_INSTALL}
@@ -106,6 +110,22 @@ def bundle_report(path: str) -> dict[str, Any]:
         except StethoedgeError as exc:
             out[art.name] = f"not usable here: {exc}"
     return out
+
+
+def bundle_error(report: dict[str, Any]) -> str | None:
+    """Why the report's bundle is unusable here (it does not load, or no artifact passed its self-test), or None.
+
+    ``stethoedge doctor --bundle`` prints the whole report, then this line as its error (exit 2).
+    """
+    if "bundle" not in report:
+        return None
+    result = report["bundle"]
+    if isinstance(result.get("error"), str) and len(result) == 1:
+        return result["error"]
+    if not any(str(v).startswith("self-test passed") for v in result.values()):
+        return ("no artifact of the bundle passed its self-test on this device ("
+                + "; ".join(f"{k}: {v}" for k, v in result.items()) + ")")
+    return None
 
 
 def run_doctor(bundle: str | None = None) -> dict[str, Any]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -43,6 +43,7 @@ class WindowResult:
     smoothed_confidence: float | None = None
     skipped_before: int = 0  # windows skipped just before this one because inference was behind
     wall_time: float | None = None  # time.time() when the decision was made
+    warnings: list[str] = field(default_factory=list)  # about this window (digital silence: the label means nothing)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (stream times, probabilities, labels, latency, wall-clock time)."""

@@ -98,7 +98,9 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        """Build from the JSON form; unknown or badly typed keys are a BundleError."""
+        """Build from the JSON form; unknown, badly typed or out-of-range fields are a BundleError."""
+        if not isinstance(data, dict):
+            raise BundleError(f"feature spec must be a JSON object, got {type(data).__name__}")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -107,35 +109,110 @@ class FeatureSpec:
         for name, value in data.items():
             expected = type(getattr(cls(), name))
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
+                value = float(value) if abs(value) < 2**1000 else math.inf  # a huge JSON integer: not finite
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise BundleError(f"feature spec field {name!r} should be {expected.__name__}, got {value!r}")
             kwargs[name] = value
         spec = cls(**kwargs)
-        if spec.kind not in KINDS:
-            raise BundleError(f"feature spec kind {spec.kind!r} is not one of {', '.join(KINDS)}")
-        if spec.window_type not in ("hanning", "povey"):
-            raise BundleError(f"feature spec window_type {spec.window_type!r} is not 'hanning' or 'povey'")
-        if spec.norm_std <= 0 or spec.sample_rate <= 0 or spec.n_mels <= 0:
-            raise BundleError("feature spec has a non-positive sample_rate, n_mels or norm_std")
-        bad = [k for k, v in asdict(spec).items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            raise BundleError(f"feature spec fields {bad} are not finite numbers")
-        if spec.frame_length <= 0 or spec.frame_shift <= 0 or spec.window_samples < spec.frame_length:
-            raise BundleError("feature spec frame length, frame shift and window must be positive, "
-                              "with at least one frame per window")
-        if spec.mel_rate_hz < 0 or spec.lowpass_hz < 0:
-            raise BundleError("feature spec mel_rate_hz and lowpass_hz must be >= 0")
+        validate_spec(spec)
         return spec
 
     @property
     def mel_layout_rate(self) -> float:
-        """Sample rate whose FFT bins the mel filterbank is laid out for (Hz)."""
-        return self.mel_rate_hz if self.mel_rate_hz > 0 else float(self.sample_rate)
+        """Sample rate whose FFT bins the mel filterbank is laid out for (Hz): ``mel_rate_hz`` for
+        ``efficientat-mel`` when set, else ``sample_rate`` (Kaldi's layout)."""
+        if self.kind == "efficientat-mel" and self.mel_rate_hz > 0:
+            return self.mel_rate_hz
+        return float(self.sample_rate)
 
 
 #: The feature kinds a bundle may name.
 KINDS = ("kaldi-fbank", "efficientat-mel")
+#: The analysis windows.
+WINDOW_TYPES = ("hanning", "povey")
+
+
+#: The audio rate every runtime source delivers (files and devices are resampled to it).
+RUNTIME_SAMPLE_RATE = 16000
+#: Sanity bounds of ``validate_spec`` (docs/RELIABILITY.md lists them).
+MAX_WINDOW_SECONDS = 60.0
+MAX_FRAME_MS = 1000.0
+MAX_N_MELS = 512
+MAX_MEL_RATE_HZ = 192000.0
+MAX_NORM = 1e6
+MIN_NORM_STD = 1e-6
+
+
+def _field_error(name: str, value: Any, allowed: str) -> BundleError:
+    return BundleError(f"feature spec {name} {value!r} is invalid; allowed: {allowed}")
+
+
+def validate_spec(spec: FeatureSpec) -> None:
+    """Raise BundleError naming the field and its allowed range unless every field of ``spec`` is sane.
+
+    Checked in an order where each step may rely on the previous ones (finite numbers before
+    derived sample counts, the frame size before the FFT size, the mel layout before the band).
+    """
+    bad = [k for k, v in asdict(spec).items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise BundleError(f"feature spec fields {bad} are not finite numbers")
+    if spec.kind not in KINDS:
+        raise _field_error("kind", spec.kind, " or ".join(map(repr, KINDS)))
+    if spec.window_type not in WINDOW_TYPES:
+        raise _field_error("window_type", spec.window_type, " or ".join(map(repr, WINDOW_TYPES)))
+    if spec.sample_rate != RUNTIME_SAMPLE_RATE:
+        raise _field_error("sample_rate", spec.sample_rate,
+                           f"{RUNTIME_SAMPLE_RATE} (the runtime resamples all audio to {RUNTIME_SAMPLE_RATE} Hz)")
+    rate = spec.sample_rate
+    if not 0 < spec.window_seconds <= MAX_WINDOW_SECONDS:
+        raise _field_error("window_seconds", spec.window_seconds, f"0 < window_seconds <= {MAX_WINDOW_SECONDS:g}")
+    min_frame_ms = 2000.0 / rate  # a Hann window needs at least 2 samples
+    if not min_frame_ms <= spec.frame_length_ms <= MAX_FRAME_MS or spec.frame_length < 2:
+        raise _field_error("frame_length_ms", spec.frame_length_ms,
+                           f"{min_frame_ms:g} <= frame_length_ms <= {MAX_FRAME_MS:g} (at least 2 samples at {rate} Hz)")
+    if not 0 < spec.frame_shift_ms <= spec.frame_length_ms or spec.frame_shift < 1:
+        raise _field_error("frame_shift_ms", spec.frame_shift_ms,
+                           f"{1000.0 / rate:g} <= frame_shift_ms <= frame_length_ms ({spec.frame_length_ms:g})")
+    if spec.window_samples < spec.frame_length:
+        raise _field_error("window_seconds", spec.window_seconds,
+                           f"at least one {spec.frame_length_ms:g} ms frame (>= {spec.frame_length / rate:g} s)")
+    n_bins = spec.fft_size // 2 + 1
+    if not 1 <= spec.n_mels <= min(MAX_N_MELS, n_bins):
+        raise _field_error("n_mels", spec.n_mels,
+                           f"1..{min(MAX_N_MELS, n_bins)} (at most the {n_bins} bins of the {spec.fft_size}-point FFT)")
+    if not 0.0 <= spec.preemphasis <= 1.0:
+        raise _field_error("preemphasis", spec.preemphasis, "0 <= preemphasis <= 1")
+    if spec.dither != 0.0:
+        raise _field_error("dither", spec.dither, "0 only (the runtime front end never dithers, so the model "
+                                                  "would see other features than the spec states)")
+    if not 0.0 < spec.log_floor <= 1.0:
+        raise _field_error("log_floor", spec.log_floor, "0 < log_floor <= 1")
+    if not abs(spec.norm_mean) <= MAX_NORM:
+        raise _field_error("norm_mean", spec.norm_mean, f"-{MAX_NORM:g} <= norm_mean <= {MAX_NORM:g}")
+    if not MIN_NORM_STD <= spec.norm_std <= MAX_NORM:
+        raise _field_error("norm_std", spec.norm_std, f"{MIN_NORM_STD:g} <= norm_std <= {MAX_NORM:g}")
+    if spec.mel_rate_hz != 0.0 and not rate <= spec.mel_rate_hz <= MAX_MEL_RATE_HZ:
+        raise _field_error("mel_rate_hz", spec.mel_rate_hz,
+                           f"0 (= sample_rate) or {rate} <= mel_rate_hz <= {MAX_MEL_RATE_HZ:g}")
+    nyquist = 0.5 * spec.mel_layout_rate
+    if not 0.0 <= spec.low_freq_hz < nyquist:
+        raise _field_error("low_freq_hz", spec.low_freq_hz,
+                           f"0 <= low_freq_hz < {nyquist:g} (Nyquist of the {spec.mel_layout_rate:g} Hz mel layout)")
+    high = spec.high_freq_hz if spec.high_freq_hz > 0 else nyquist + spec.high_freq_hz
+    if not spec.low_freq_hz < high <= nyquist:
+        raise _field_error("high_freq_hz", spec.high_freq_hz,
+                           f"low_freq_hz ({spec.low_freq_hz:g}) < high_freq_hz <= {nyquist:g} (Nyquist of the "
+                           f"{spec.mel_layout_rate:g} Hz mel layout), or -{nyquist - spec.low_freq_hz:g} < "
+                           "high_freq_hz <= 0 for Nyquist minus |high_freq_hz|")
+    if spec.mel_rate_hz != 0.0 and spec.kind != "efficientat-mel":
+        raise _field_error("mel_rate_hz", spec.mel_rate_hz,
+                           f"0 for {spec.kind} (only efficientat-mel lays its bands out at another rate)")
+    if spec.lowpass_hz != 0.0:
+        if spec.kind != "efficientat-mel":
+            raise _field_error("lowpass_hz", spec.lowpass_hz, f"0 for {spec.kind} (only efficientat-mel applies a low-pass)")
+        if not spec.low_freq_hz < spec.lowpass_hz <= rate / 2:
+            raise _field_error("lowpass_hz", spec.lowpass_hz,
+                               f"0 (none) or low_freq_hz ({spec.low_freq_hz:g}) < lowpass_hz <= {rate / 2:g}")
 
 
 def efficientat_spec(lowpass_hz: float = 0.0, window_seconds: float = 8.0) -> FeatureSpec:

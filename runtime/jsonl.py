@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterable
 
 from stethoedge.runtime.errors import OutputError
+from stethoedge.runtime.outputs import OutputFile, open_append
 
 
 class JsonlWriter:
@@ -20,25 +19,21 @@ class JsonlWriter:
     fsync with ``fsync=True``), so a crash or a kill leaves only complete lines behind.
     """
 
-    def __init__(self, target: str | os.PathLike, fsync: bool = False, atomic: bool = False) -> None:
+    def __init__(self, target: str | os.PathLike, fsync: bool = False, atomic: bool = False,
+                 inputs: Iterable[str | os.PathLike | None] = ()) -> None:
         self.target = str(target)
         self.fsync = fsync
         self.records = 0
-        self._final: Path | None = None
-        if self.target == "-":
-            self._fh: IO[str] = sys.stdout
-            self._owned = False
+        self._out: OutputFile | None = None
+        self._owned = self.target != "-"
+        # runtime/outputs.py rules: links followed, devices and FIFOs written through, no missing
+        # directory created, never one of ``inputs``.
+        if atomic:  # a whole new file, published by rename on close (classify)
+            self._out = OutputFile(self.target, text=True, inputs=inputs)
+            self._fh: IO[str] = self._out.file
         else:
-            path = Path(self.target)
-            if atomic:  # a whole new file, published by rename on close (classify)
-                self._final = path
-                path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(path, "w" if atomic else "a", encoding="utf-8")
-            except OSError as exc:
-                raise OutputError(f"{self.target}: cannot open for writing ({exc.strerror or exc})") from None
-            self._owned = True
+            self._fh = open_append(self.target, inputs=inputs)
+        self._seekable = self._owned and self._fh.seekable()
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record as a line and flush it.
@@ -52,7 +47,7 @@ class JsonlWriter:
             self._fh.flush()
             self.records += 1
             return
-        good = self._fh.tell()
+        good = self._fh.tell() if self._seekable else None
         try:
             self._fh.write(line)
             self._fh.flush()
@@ -67,17 +62,17 @@ class JsonlWriter:
     def _abandon(self, good: int | None) -> None:
         """After a failed write: close (ignoring the failed flush), cut the file back to ``good`` bytes
         (its last complete line), and drop an atomic temp file."""
+        if self._out is not None:
+            self._out.discard()
+            self._out = None
+            return
         try:
             self._fh.close()
         except (OSError, ValueError):
             pass
-        name = self._fh.name
-        if self._final is not None:
-            Path(name).unlink(missing_ok=True)
-            self._final = None
-        elif good is not None:
+        if good is not None:
             try:
-                os.truncate(name, good)
+                os.truncate(self.target, good)
             except OSError:
                 pass
 
@@ -89,10 +84,14 @@ class JsonlWriter:
             self._fh.flush()
             return
         try:
-            self._fh.flush()
-            self._fh.close()
-            if self._final is not None:
-                os.replace(self._fh.name, self._final)
+            if self._out is not None:
+                self._out.commit()
+                self._out = None
+            else:
+                self._fh.flush()
+                self._fh.close()
+        except OutputError as exc:
+            raise OutputError(f"{exc}; nothing was published") from None
         except OSError as exc:
             self._abandon(None)
             raise OutputError(f"{self.target}: could not be finished ({exc.strerror or exc})") from None

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from stethoedge.runtime.errors import AudioError
+from stethoedge.runtime.errors import AudioError, OutputError
+from stethoedge.runtime.outputs import atomic_write_text, check_output_dir
 
 log = logging.getLogger("stethoedge.recorder")
 INDEX_NAME = "index.json"
@@ -37,15 +38,6 @@ class Segment:
     sample_rate: int
     wall_start: float  # time.time() when its first sample arrived
     gap_before: int  # samples lost just before it (0: continues the previous segment)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _disk_reason(directory: Path) -> str | None:
@@ -70,9 +62,9 @@ class RotatingRecorder:
                  prefix: str = "rec", max_segments: int | None = None, memory_seconds: float = 60.0) -> None:
         if segment_seconds <= 0:
             raise ValueError(f"segment length must be positive, got {segment_seconds}")
-        self.dir = Path(directory)
+        self.dir = check_output_dir(directory)  # its parent must exist (runtime/outputs.py)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(exist_ok=True)
         except OSError as exc:
             raise AudioError(f"{self.dir}: cannot create the recording directory ({exc.strerror})") from None
         self.sample_rate = sample_rate
@@ -104,7 +96,7 @@ class RotatingRecorder:
 
     def _write_index(self) -> None:
         data: dict[str, Any] = {"sample_rate": self.sample_rate, "segments": [asdict(s) for s in self.segments]}
-        _atomic_write_text(self.dir / INDEX_NAME, json.dumps(data, indent=1) + "\n")
+        atomic_write_text(self.dir / INDEX_NAME, json.dumps(data, indent=1) + "\n")
 
     # -- crash recovery ------------------------------------------------------------------
     def recover(self) -> list[str]:
@@ -151,7 +143,7 @@ class RotatingRecorder:
             try:
                 self._write(samples, start_sample, gap_before)
                 return
-            except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+            except (OSError, OutputError, sf.LibsndfileError, RuntimeError) as exc:
                 self._fail(exc)
         self._hold(samples)
 
@@ -230,7 +222,7 @@ class RotatingRecorder:
             return
         try:
             self._finish()
-        except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+        except (OSError, OutputError, sf.LibsndfileError, RuntimeError) as exc:
             self._fail(exc)
 
     def __enter__(self) -> RotatingRecorder:

@@ -10,7 +10,8 @@ import base64
 import os
 from pathlib import Path
 
-from stethoedge.runtime.errors import BundleError, StethoedgeError
+from stethoedge.runtime.errors import BundleError, OutputError, StethoedgeError
+from stethoedge.runtime.outputs import atomic_write_bytes, check_output
 
 SIGNATURE_NAME = "manifest.sig"
 MANIFEST_NAME = "manifest.json"
@@ -26,32 +27,21 @@ def _crypto():
     return InvalidSignature, serialization, ed25519
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def generate_keypair(private_path: str | os.PathLike, public_path: str | os.PathLike) -> None:
     """Write a new Ed25519 key pair as PEM (the private key readable by its owner only)."""
     _, serialization, ed25519 = _crypto()
     private_path, public_path = Path(private_path), Path(public_path)
+    if os.path.realpath(private_path) == os.path.realpath(public_path):
+        raise OutputError(f"{private_path}: the private and the public key must be two different files")
     for p in (private_path, public_path):
-        if p.exists():
+        if os.path.lexists(p):
             raise StethoedgeError(f"{p} already exists; refusing to overwrite a key")
+        check_output(p)
     key = ed25519.Ed25519PrivateKey.generate()
-    _write_atomic(private_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()), 0o600)
-    _write_atomic(public_path, key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                             serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
+    atomic_write_bytes(private_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()), new_mode=0o600)
+    atomic_write_bytes(public_path, key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def _load_key(path: str | os.PathLike, private: bool):
@@ -79,7 +69,7 @@ def sign_bundle(bundle: str | os.PathLike, private_key: str | os.PathLike) -> Pa
         raise BundleError(f"{root}: no {MANIFEST_NAME}; not a stethoedge bundle")
     signature = _load_key(private_key, private=True).sign(manifest.read_bytes())
     path = root / SIGNATURE_NAME
-    _write_atomic(path, base64.b64encode(signature) + b"\n", 0o644)
+    atomic_write_bytes(path, base64.b64encode(signature) + b"\n", inputs=[private_key])
     return path
 
 

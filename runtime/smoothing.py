@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 METHODS = ("none", "mean", "ema", "vote")
+#: Most windows ``mean:K`` / ``vote:K`` may span (1000 windows = 33 min at a 2 s hop).
+MAX_WINDOWS = 1000
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,9 @@ class SmoothingConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"smoothing method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method in ("mean", "vote") and (self.param < 1 or self.param != int(self.param)):
-            raise ValueError(f"{self.method} smoothing needs a whole number of windows >= 1, got {self.param}")
+        if self.method in ("mean", "vote") and not (1 <= self.param <= MAX_WINDOWS and float(self.param).is_integer()):
+            raise ValueError(f"{self.method} smoothing needs a whole number of windows from 1 to {MAX_WINDOWS}, "
+                             f"got {self.param}")
         if self.method == "ema" and not 0 < self.param <= 1:
             raise ValueError(f"ema smoothing needs a weight in (0, 1], got {self.param}")
 

@@ -21,6 +21,7 @@ import numpy as np
 
 import logging
 
+from stethoedge.runtime.audio_io import SILENCE_PEAK
 from stethoedge.runtime.errors import AudioError, BackendError
 from stethoedge.runtime.incremental_features import IncrementalFeatures
 from stethoedge.runtime.ring_buffer import SampleRing
@@ -150,7 +151,10 @@ class StreamEngine:
                     raise BackendError(f"no window could be classified ({self.stats.backend_errors} backend errors)")
                 elif not emitted:
                     got = (tail.available if tail is not None else self.stats.samples_in) / rate
-                    raise AudioError(f"only {got:.4f} s of audio; at least {MIN_AUDIO_SECONDS} s is needed for a decision")
+                    where = getattr(source, "path", None)  # a file names itself in the message
+                    prefix = f"{where}: " if where is not None else ""
+                    raise AudioError(f"{prefix}only {got:.4f} s of audio; at least {MIN_AUDIO_SECONDS} s is needed "
+                                     "for a decision")
         finally:
             batches.close()  # stops the capture thread (threaded) or the source's generator, now
             self.stats.gaps, self.stats.samples_lost = windower.gaps, windower.samples_lost
@@ -236,6 +240,7 @@ class StreamEngine:
             x = compute_features(window.audio, spec)
         probs = softmax(self.clf.backend.run(x[None])[0].astype(np.float64))
         latency_ms = (time.perf_counter() - t0) * 1000.0
+        warnings = window_warnings(window.audio)
         smoothed_label, smoothed = smoother.update(probs)
         k = int(np.argmax(probs))
         self.stats.windows += 1
@@ -248,5 +253,14 @@ class StreamEngine:
             probabilities={name: float(p) for name, p in zip(labels, probs)},
             latency_ms=latency_ms, smoothed_label=smoothed_label,
             smoothed_confidence=float(smoothed[labels.index(smoothed_label)]),
-            skipped_before=skipped, wall_time=time.time(),
+            skipped_before=skipped, wall_time=time.time(), warnings=warnings,
         )
+
+
+def window_warnings(audio: np.ndarray) -> list[str]:
+    """What a decision's record should warn about its window: digital silence (no sound to classify)."""
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak >= SILENCE_PEAK:
+        return []
+    level = "-inf" if peak <= 0 else f"{20 * np.log10(peak):.0f}"
+    return [f"silent window (peak {level} dBFS): the label means nothing"]

@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 from stethoedge import __version__
-from stethoedge.cli_common import positive_int as _positive_int
+from stethoedge.cli_common import annotate_ranges, bounded_int
 from stethoedge.runtime.errors import StethoedgeError
 
 
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from stethoedge.demo import run_demo
+    from stethoedge.export.quiet import quiet_third_party
 
-    run_demo(Path(args.out), real_audio=args.real, weights=args.weights, epochs=args.epochs, patients=args.patients)
+    with quiet_third_party(verbose=args.verbose):  # torchao/TF start-up chatter (export/quiet.py); -v shows it
+        run_demo(Path(args.out), real_audio=args.real, weights=args.weights, epochs=args.epochs, patients=args.patients)
     return 0
 
 
@@ -44,13 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo, "End to end: the shipped model on real recordings, then simulate -> retrain the "
                               "pretrained backbone -> export -> classify -> bench.")
-    p.add_argument("--out", default="out/demo", help="working directory (default out/demo)")
+    p.add_argument("--out", default="out/demo",
+                   help="working directory; a previous demo's outputs there are replaced (default %(default)s)")
     p.add_argument("--real", default=None,
-                   help="annotated real recordings (ICBHI layout: a folder, or one WAV/FLAC with its .txt beside it)")
+                   help="annotated real recordings (ICBHI layout: a folder, or one WAV/FLAC with its .txt beside it) "
+                   "(default: none, step 1 is skipped)")
     p.add_argument("--weights", default=None, help="EfficientAT AudioSet weights the retraining starts from "
-                   "(e.g. ../shared/weights/efficientat_mn04_as.pt)")
-    p.add_argument("--epochs", type=_positive_int, default=6)
-    p.add_argument("--patients", type=_positive_int, default=20)
+                   "(e.g. ../shared/weights/efficientat_mn04_as.pt); needed from step 3 on (default: none)")
+    p.add_argument("--epochs", type=bounded_int(1, 1000), default=6,
+                   help="epochs of the retraining, 1024 sampled windows each (default 6, 1-1000)")
+    p.add_argument("--patients", type=bounded_int(4, 10000), default=20,
+                   help="simulated patients to retrain on, 3 recordings of 20 s each; at least 5 "
+                   "(default 20, 4-10000)")
 
     try:
         from stethoedge.firmware_bridge.cli import add_bridge_parser
@@ -58,11 +66,34 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_bridge_parser(sub)
+    annotate_ranges(parser)  # every range-checked option's help states its range
     return parser
 
 
+#: Exit status when whoever reads our standard output goes away (``stethoedge classify A --jsonl - | head``):
+#: 128 + SIGPIPE, what the shell reports for ``cat`` and ``yes`` in the same place.
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout closed the pipe: stop quietly, as Unix tools do (no traceback, no message).
+
+    stdout is pointed at /dev/null so that the interpreter's final flush cannot fail again
+    (the recipe of the Python documentation, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run a subcommand; a StethoedgeError becomes one line on stderr and exit code 2."""
+    """Entry point: run a subcommand; a StethoedgeError becomes one line on stderr and exit code 2.
+
+    Exit codes: 0 done, 1 partly done (e.g. some files of a batch failed), 2 error or usage error,
+    3 a missing optional dependency, 130 interrupted, 141 (128 + SIGPIPE) the reader of stdout went away.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
@@ -71,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        return _stdout_gone()
     except StethoedgeError as exc:
+        if isinstance(exc.__context__, BrokenPipeError):  # a writer to stdout that wrapped EPIPE in its error
+            return _stdout_gone()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:

@@ -5,37 +5,22 @@ import argparse
 import json
 
 from stethoedge.cli_common import AddCommand
-from stethoedge.cli_common import positive_int as _positive_int
-
-
-def _thread_list(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of positive integers, got {text}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of positive integers, got {text}")
-    return values
-
-
-def _nonneg_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+from stethoedge.cli_common import MAX_THREADS, bounded_float, bounded_int, bounded_int_list
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from stethoedge.cli_runtime import _stop_on_sigterm
     from stethoedge.export.exporter import export_run
+    from stethoedge.export.quiet import quiet_third_party
     from stethoedge.export.verify import Gate
 
     _stop_on_sigterm()  # SIGTERM unwinds like Ctrl-C: the temporary bundle directory is removed, nothing half-written stays
-    result = export_run(args.run, args.out, data=args.data, max_windows=args.windows,
-                        gate=Gate(args.min_agreement, args.max_score_drop), allow_degraded=args.allow_degraded,
-                        force=args.force, formats=args.formats, calibration_windows=args.calibration_windows,
-                        bundle_calibration_windows=args.bundle_calibration_windows,
-                        calibration_set=args.calibration_set)
+    with quiet_third_party(verbose=args.verbose):  # torchao/TF start-up chatter (export/quiet.py); -v shows it
+        result = export_run(args.run, args.out, data=args.data, max_windows=args.windows,
+                            gate=Gate(args.min_agreement, args.max_score_drop), allow_degraded=args.allow_degraded,
+                            force=args.force, formats=args.formats, calibration_windows=args.calibration_windows,
+                            bundle_calibration_windows=args.bundle_calibration_windows,
+                            calibration_set=args.calibration_set)
     print(result.report)
     print(f"bundle written to {result.bundle} (default artifact: {result.manifest['default_artifact']})")
     return 0
@@ -54,7 +39,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_bundle, format_bench_table, format_sustained, sustained_bench, write_outputs,
     )
     from stethoedge.runtime.bundle import load_bundle
+    from stethoedge.runtime.outputs import check_output, files_under
 
+    inputs = [*files_under(args.bundle), *files_under(args.data)]
+    for output in (args.json, args.csv, args.png):  # before minutes of benchmarking (runtime/outputs.py)
+        check_output(output, inputs)
     audio = labels = scorer = None
     if args.data:
         from stethoedge.train.metrics import evaluate
@@ -64,15 +53,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = bench_bundle(args.bundle, threads=args.threads, runs=args.runs, audio=audio, labels=labels, scorer=scorer,
                         artifacts=args.artifact or None)
     print(format_bench_table(rows))
-    write_outputs(rows, args.json, args.csv, args.png)
+    result = None
     if args.sustained:
         threads = args.threads[0] if args.threads else None
         result = sustained_bench(args.bundle, args.sustained, artifact=(args.artifact or [None])[0], threads=threads)
         print(format_sustained(result))
-        if args.json:
-            from pathlib import Path
-
-            Path(args.json).write_text(json.dumps({"rows": rows, "sustained": result}, indent=2) + "\n")
+    write_outputs(rows, args.json, args.csv, args.png, sustained=result)  # each written once (a FIFO gets one document)
     return 0
 
 
@@ -113,49 +99,65 @@ def register(add: AddCommand) -> None:
     """Add this module's subcommands to the parser."""
     p = add("export", cmd_export, "Export a run to a verified bundle: ONNX/TFLite in every precision, gate, manifest, self-test.")
     p.add_argument("run", help="training run directory")
-    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--out", required=True,
+                   help="bundle directory to create (its parent must exist; an existing one only with --force)")
     p.add_argument("--formats", default="all",
                    help="comma-separated artifacts (onnx-fp32, onnx-fp16, onnx-int8-dynamic, onnx-int8-static, "
                         "tflite-fp32, tflite-fp16, tflite-int8-dynamic, tflite-int8; aliases onnx, tflite) or all "
                         "(default: all this machine can build)")
-    p.add_argument("--data", default=None, help="dataset root, if it moved since training")
-    p.add_argument("--windows", type=_positive_int, default=64, help="held-out windows for verification (default 64)")
-    p.add_argument("--calibration-windows", type=_positive_int, default=300,
+    p.add_argument("--data", default=None,
+                   help="dataset root, if it moved since training (default: the one in RUN/splits.json)")
+    p.add_argument("--windows", type=bounded_int(1, 100_000), default=64, help="held-out windows for verification (default 64)")
+    p.add_argument("--calibration-windows", type=bounded_int(1, 100_000), default=300,
                    help="representative-set windows for static INT8 (default 300; fewer warns)")
-    p.add_argument("--calibration-set", default=None, help="use this saved representative set (.npz) instead")
-    p.add_argument("--bundle-calibration-windows", type=int, default=32,
-                   help="representative windows shipped in the bundle for TensorRT INT8 on the target (0: none)")
-    p.add_argument("--min-agreement", type=float, default=0.98, help="gate: minimum top-1 agreement with PyTorch")
-    p.add_argument("--max-score-drop", type=float, default=0.01, help="gate: maximum ICBHI Score drop (0.01 = 1 pt)")
-    p.add_argument("--allow-degraded", action="store_true", help="write the bundle even if every artifact fails the gate")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    p.add_argument("--calibration-set", default=None,
+                   help="use this saved representative set (.npz) instead (default: none, drawn from the data)")
+    p.add_argument("--bundle-calibration-windows", type=bounded_int(0, 10_000), default=32,
+                   help="representative windows shipped in the bundle for TensorRT INT8 on the target (0: none) "
+                   "(default 32)")
+    p.add_argument("--min-agreement", type=bounded_float(0.0, 1.0), default=0.98, help="gate: minimum top-1 agreement with PyTorch, a fraction (default 0.98)")
+    p.add_argument("--max-score-drop", type=bounded_float(0.0, 1.0), default=0.01, help="gate: maximum ICBHI Score drop, 0.01 = 1 pt (default 0.01)")
+    p.add_argument("--allow-degraded", action="store_true",
+                   help="write the bundle even if every artifact fails the gate (default: refuse)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle directory (default: refuse)")
 
     p = add("bench", cmd_bench, "Benchmark every artifact of a bundle (features + inference per 8 s window).")
-    p.add_argument("bundle")
-    p.add_argument("--threads", type=_thread_list, default=None, help="thread counts, e.g. 1,2,4 (default: runtime's)")
-    p.add_argument("--runs", type=_positive_int, default=30, help="timed windows per artifact (after 3 warm-up)")
-    p.add_argument("--artifact", action="append", default=None, help="only this artifact (repeatable)")
-    p.add_argument("--data", default=None, help="labelled data directory: agreement with fp32 and Score on its windows")
-    p.add_argument("--data-windows", type=_positive_int, default=64, help="windows taken from --data (default 64)")
-    p.add_argument("--sustained", type=_nonneg_float, default=0.0, help="also run back to back for S seconds (drift, temperature)")
-    p.add_argument("--json", default=None, help="also write the rows as JSON")
-    p.add_argument("--csv", default=None, help="also write the rows as CSV")
-    p.add_argument("--png", default=None, help="also write a bar chart of p50/p95 latency")
+    p.add_argument("bundle", help="bundle directory from `stethoedge export`")
+    p.add_argument("--threads", type=bounded_int_list(1, MAX_THREADS), default=None, metavar="N[,N...]",
+                   help=f"inference thread counts to measure, e.g. 1,2,4 (default: the backend's own choice; "
+                        f"each 1-{MAX_THREADS})")
+    p.add_argument("--runs", type=bounded_int(1, 100_000), default=30,
+                   help="timed windows per artifact, after 3 warm-up windows (default 30, 1-100000)")
+    p.add_argument("--artifact", action="append", default=None,
+                   help="measure only this artifact; repeatable (default: every artifact of the bundle)")
+    p.add_argument("--data", default=None,
+                   help="labelled data directory: also agreement with fp32 and the Score on its windows (default: none)")
+    p.add_argument("--data-windows", type=bounded_int(1, 100_000), default=64,
+                   help="windows taken from --data (default 64, 1-100000)")
+    p.add_argument("--sustained", type=bounded_float(0.0, 86_400.0), default=0.0, metavar="SECONDS",
+                   help="also run back to back for this many seconds: drift, temperature (default 0 = off, 0-86400)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON to FILE (default: none)")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the rows as CSV to FILE (default: none)")
+    p.add_argument("--png", default=None, metavar="FILE",
+                   help="also write a bar chart of p50/p95 latency to FILE (default: none)")
 
     p = add("keygen", cmd_keygen, "Create an Ed25519 key pair for signing bundles.")
     p.add_argument("private", help="private key file to create (PEM)")
     p.add_argument("public", help="public key file to create (PEM)")
 
     p = add("sign", cmd_sign, "Sign a bundle's manifest with an Ed25519 private key (writes manifest.sig).")
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="bundle directory to sign (it must verify first)")
     p.add_argument("--key", required=True, help="Ed25519 private key (PEM)")
 
     p = add("verify", cmd_verify, "Check a bundle's files and its signature by an Ed25519 public key.")
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="bundle directory to check")
     p.add_argument("--key", required=True, help="Ed25519 public key (PEM)")
 
     p = add("build-engine", cmd_build_engine, "On the target (Jetson): build a TensorRT engine from the bundle's ONNX.")
-    p.add_argument("bundle")
-    p.add_argument("--precision", choices=["fp16", "int8"], default="fp16")
-    p.add_argument("--max-batch", type=_positive_int, default=8)
-    p.add_argument("--trtexec", action="store_true", help="build with trtexec instead of the TensorRT Python API")
+    p.add_argument("bundle", help="bundle directory from `stethoedge export`; the engine is added to it")
+    p.add_argument("--precision", choices=["fp16", "int8"], default="fp16",
+                   help="engine precision; int8 calibrates on the bundle's representative windows (default %(default)s)")
+    p.add_argument("--max-batch", type=bounded_int(1, 1024), default=8,
+                   help="largest batch of windows the engine accepts (default %(default)s)")
+    p.add_argument("--trtexec", action="store_true",
+                   help="build with trtexec instead of the TensorRT Python API (default: the Python API)")

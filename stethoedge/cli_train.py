@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 
 from stethoedge.cli_common import AddCommand
-from stethoedge.cli_common import positive_float as _positive_float
-from stethoedge.cli_common import positive_int as _positive_int
+from stethoedge.cli_common import MAX_SEED, MAX_THREADS, bounded_float, bounded_int, bounded_int_list
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -16,7 +15,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     summary = simulate_dataset(Path(args.out), n_patients=args.patients, recordings_per_patient=args.recordings,
-                               duration_s=args.duration, seed=args.seed)
+                               duration_s=args.duration, seed=args.seed, overwrite=args.overwrite)
     print(json.dumps(summary.get("class_counts", summary), indent=None))
     print(f"simulated {args.patients} patients x {args.recordings} recordings into {args.out} "
           f"in {time.perf_counter() - t0:.1f} s")
@@ -76,16 +75,6 @@ def build_train_config(args: argparse.Namespace):
     return TrainConfig.from_dict(values)
 
 
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise argparse.ArgumentTypeError("give at least one seed")
-    return seeds
-
-
 def _print_metrics(metrics: dict) -> None:
     for split in ("val", "test"):
         m = metrics.get(split)
@@ -96,9 +85,12 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from stethoedge.runtime.outputs import check_output_dir
     from stethoedge.train.trainer import train, train_seeds
 
     cfg = build_train_config(args)
+    # runtime/outputs.py: the run directory's parent must exist, and it is none of the inputs
+    check_output_dir(cfg.out, [cfg.data, *cfg.synthetic, cfg.init, cfg.distill_from, args.config])
     if args.seeds:
         summary = train_seeds(cfg, args.seeds)
         for split in ("val", "test"):
@@ -116,8 +108,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train_edge(args: argparse.Namespace) -> int:
+    from stethoedge.runtime.outputs import check_output_dir
     from stethoedge.train.edge_learner import EdgeRecipe, run_recipe
 
+    check_output_dir(args.out, [args.recipe])  # its parent must exist (runtime/outputs.py)
     values = load_config_file(args.recipe)
     values["out"] = args.out
     for key in ("epochs", "seed", "threads", "cache_dir"):
@@ -136,61 +130,106 @@ def cmd_train_edge(args: argparse.Namespace) -> int:
 def register(add: AddCommand) -> None:
     """Add this module's subcommands to the parser."""
     p = add("simulate", cmd_simulate, "Write a synthetic respiratory-sound dataset in the ICBHI 2017 layout.")
-    p.add_argument("--out", required=True, help="output directory (new or empty)")
-    p.add_argument("--patients", type=_positive_int, default=16, help="number of simulated patients (default 16)")
-    p.add_argument("--recordings", type=_positive_int, default=3, help="recordings per patient (default 3)")
-    p.add_argument("--duration", type=_positive_float, default=20.0, help="seconds per recording (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    p.add_argument("--out", required=True,
+                   help="output directory, new (its parent must exist) or empty; a non-empty one is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous simulation in --out (only the files it listed; anything else is refused) "
+                   "(default: off, --out must be new or empty)")
+    p.add_argument("--patients", type=bounded_int(1, 10_000), default=16,
+                   help="number of simulated patients (default 16)")
+    p.add_argument("--recordings", type=bounded_int(1, 1000), default=3, help="recordings per patient (default 3)")
+    p.add_argument("--duration", type=bounded_float(1.0, 3600.0), default=20.0,
+                   help="seconds per recording; the simulator takes 8 to 600, a few breaths at least (default 20)")
+    p.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0,
+                   help="random seed; same seed, same bytes (default 0)")
 
     p = add("train-edge", cmd_train_edge, "Fine-tune the AudioSet-pretrained EfficientAT mn04 on real recordings "
             "(SPRSound + ICBHI) with a recipe; resumable; writes a run directory with its evaluation.")
     p.add_argument("--recipe", required=True, help="recipe .toml (e.g. train/recipes/real-edge.toml)")
     p.add_argument("--out", required=True, help="run directory (an interrupted run here resumes)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epochs")
-    p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
+    p.add_argument("--epochs", type=bounded_int(1, 10_000), default=None,
+                   help="epochs (default the recipe's: 10 in real-edge.toml)")
+    p.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=None,
+                   help="training seed (default the recipe's: 0 in real-edge.toml)")
+    p.add_argument("--threads", type=bounded_int(1, MAX_THREADS), default=None, help="torch threads (default the recipe's)")
     p.add_argument("--cache-dir", default=None, help="feature/trunk cache (default: the recipe's)")
 
     p = add("train", cmd_train, "Train the AST classifier on an ICBHI-layout directory; writes a run directory.")
-    p.add_argument("--data", default=None, help="dataset root (ICBHI layout: <stem>.wav + <stem>.txt, split file)")
-    p.add_argument("--out", default=None, help="run directory to write (checkpoint, metrics, config, plots)")
+    p.description += (" Each option left out takes its value from --config when given, else the default shown "
+                      "(TrainConfig in train/trainer.py).")
+    p.add_argument("--data", default=None, help="dataset root (ICBHI layout: <stem>.wav + <stem>.txt, split file); "
+                   "required here or in --config (default: none)")
+    p.add_argument("--out", default=None, help="run directory to write (checkpoint, metrics, config, plots); "
+                   "required here or in --config (default: none)")
     p.add_argument("--config", default=None,
-                   help="recipe (.toml, e.g. train/recipes/edge-student.toml) or a run's config.json; flags override it")
+                   help="recipe (.toml, e.g. train/recipes/edge-student.toml) or a run's config.json; flags override it "
+                   "(default: none)")
     p.add_argument("--preset", default=None, choices=["micro", "nano", "tiny", "small", "base"],
                    help="model size: nano ~0.5 M (CPU demo), tiny ~5.5 M, small ~22 M, base ~87 M (default nano)")
-    p.add_argument("--depth", type=_positive_int, default=None, help="override the preset's number of layers")
-    p.add_argument("--fstride", type=_positive_int, default=None, help="patch stride in frequency (10 AST, 16 edge)")
-    p.add_argument("--tstride", type=_positive_int, default=None, help="patch stride in time (10 AST, 16 edge)")
-    p.add_argument("--init", default=None, help="pretrained weights: a Hugging Face AST directory or an original AST .pth")
-    p.add_argument("--epochs", type=_positive_int, default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (cosine schedule, warm-up)")
-    p.add_argument("--warmup-epochs", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--depth", type=bounded_int(1, 48), default=None, help="transformer layers (default the preset's)")
+    p.add_argument("--fstride", type=bounded_int(1, 16), default=None,
+                   help="patch stride in frequency, 10 overlapping as AST, 16 not (default the preset's: 16; base 10)")
+    p.add_argument("--tstride", type=bounded_int(1, 16), default=None,
+                   help="patch stride in time, as --fstride (default the preset's: 16; base 10)")
+    p.add_argument("--init", default=None,
+                   help="pretrained weights: a Hugging Face AST directory or an original AST .pth "
+                   "(default: none, random initialisation)")
+    p.add_argument("--epochs", type=bounded_int(1, 10_000), default=None,
+                   help="passes over the training set (default 8)")
+    p.add_argument("--batch-size", type=bounded_int(1, 65_536), default=None, help="windows per step (default 16)")
+    p.add_argument("--lr", type=bounded_float(1e-7, 1.0), default=None,
+                   help="peak learning rate of the cosine schedule after warm-up "
+                   "(default 0.001)")
+    p.add_argument("--warmup-epochs", type=bounded_float(0.0, 1000.0), default=None,
+                   help="epochs of linear learning-rate warm-up, fractions allowed (default 1.0)")
+    p.add_argument("--weight-decay", type=bounded_float(0.0, 1.0), default=None, help="weight decay (default 0.05)")
+    p.add_argument("--label-smoothing", type=bounded_float(0.0, 0.5), default=None,
+                   help="cross-entropy label smoothing (default 0.1)")
     p.add_argument("--optimizer", choices=["sam", "asam", "adamw"], default=None,
                    help="SAM or adaptive SAM around AdamW, or plain AdamW (default sam)")
-    p.add_argument("--rho", type=_positive_float, default=None, help="SAM neighbourhood radius (default 0.05)")
+    p.add_argument("--rho", type=bounded_float(0.001, 10.0), default=None,
+                   help="SAM neighbourhood radius (default 0.05)")
     p.add_argument("--adapter", choices=["none", "bottleneck", "lora"], default=None,
-                   help="freeze the backbone and train adapters / LoRA only (merged before export)")
-    p.add_argument("--adapter-reduction", type=_positive_int, default=None, help="bottleneck width = dim / this")
-    p.add_argument("--lora-rank", type=_positive_int, default=None)
+                   help="freeze the backbone and train adapters / LoRA only (merged before export) (default none)")
+    p.add_argument("--adapter-reduction", type=bounded_int(1, 1024), default=None,
+                   help="bottleneck adapter width = dim / this (default 16)")
+    p.add_argument("--lora-rank", type=bounded_int(1, 1024), default=None, help="rank of the LoRA updates (default 8)")
     p.add_argument("--synthetic", action="append", default=[], metavar="DIR",
-                   help="synthetic dataset (ICBHI layout or class folders) added to TRAINING only; repeatable")
-    p.add_argument("--aft", action="store_true", help="adversarial fine-tuning: domain head behind gradient reversal")
-    p.add_argument("--aft-lambda", type=_positive_float, default=None, help="weight of the domain loss (default 0.2)")
-    p.add_argument("--augment", default=None, help="augmentation policy name from stethoedge.train.augment")
-    p.add_argument("--distill-from", default=None, metavar="RUN", help="teacher run directory for distillation")
-    p.add_argument("--ema", dest="ema_decay", type=_positive_float, default=None, help="weight EMA decay, e.g. 0.999")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None, help="mixed precision (bf16 works on CPU)")
-    p.add_argument("--early-stopping", type=int, default=None, help="patience in epochs (validation Score)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="save resumable state every N steps")
-    p.add_argument("--no-resume", action="store_true", help="start over even if RUN/state.pt exists")
-    p.add_argument("--cache", dest="cache_dir", default=None, help="directory caching fbank features between runs")
-    p.add_argument("--seeds", type=_parse_seeds, default=None, help="e.g. 1,2,3: one run per seed, mean +- sd")
-    p.add_argument("--no-weighted-sampler", action="store_true", help="shuffle instead of inverse-frequency sampling")
-    p.add_argument("--val-fraction", type=_positive_float, default=None,
+                   help="synthetic dataset (ICBHI layout or class folders) added to TRAINING only; repeatable "
+                   "(default: none)")
+    p.add_argument("--aft", action="store_true",
+                   help="adversarial fine-tuning: domain head behind gradient reversal; needs --synthetic "
+                   "(default: off)")
+    p.add_argument("--aft-lambda", type=bounded_float(1e-6, 100.0), default=None,
+                   help="weight of the domain loss (default 0.2)")
+    p.add_argument("--augment", default=None,
+                   help="augmentation policy name from stethoedge.train.augment, e.g. specaugment "
+                   "(default: none)")
+    p.add_argument("--distill-from", default=None, metavar="RUN",
+                   help="teacher run directory for distillation (default: none)")
+    p.add_argument("--ema", dest="ema_decay", type=bounded_float(0.5, 0.999999), default=None,
+                   help="weight EMA decay, e.g. 0.999 (default off)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None,
+                   help="mixed precision; bf16 works on CPU (default none)")
+    p.add_argument("--early-stopping", type=bounded_int(0, 10_000), default=None,
+                   help="stop after this many epochs without a better validation Score; "
+                   "0 = never (default 0)")
+    p.add_argument("--checkpoint-every", type=bounded_int(0, 10_000_000), default=None,
+                   help="save resumable state every N steps; 0 = at the end of each epoch "
+                   "only (default 0)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if RUN/state.pt exists (default: resume from it)")
+    p.add_argument("--cache", dest="cache_dir", default=None,
+                   help="directory caching fbank features between runs (default: none)")
+    p.add_argument("--seeds", type=bounded_int_list(0, MAX_SEED), default=None,
+                   help="e.g. 1,2,3: one run per seed under OUT/seed-N, mean +- sd "
+                   "(default one run, with --seed)")
+    p.add_argument("--no-weighted-sampler", action="store_true",
+                   help="shuffle instead of inverse-frequency sampling (default: off)")
+    p.add_argument("--val-fraction", type=bounded_float(0.05, 0.9), default=None,
                    help="fraction of TRAIN patients held out for model selection (default 0.25)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=None,
+                   help="seed of the split, the initialisation and the sampling (default 0)")
+    p.add_argument("--threads", type=bounded_int(1, MAX_THREADS), default=None,
+                   help="torch CPU threads (default one per core)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")

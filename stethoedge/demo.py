@@ -18,6 +18,8 @@ import numpy as np
 from stethoedge.runtime.errors import StethoedgeError
 
 MARKER = ".stethoedge-demo"
+#: Fewest simulated patients the retraining can split into training, validation and evaluation patients.
+MIN_PATIENTS = 5
 
 
 def _prepare(out: Path) -> None:
@@ -72,6 +74,9 @@ def run_demo(out: Path, real_audio: str | None = None, weights: str | None = Non
     from stethoedge.train.edge_learner import EdgeRecipe, run_recipe
     from stethoedge.train.simulator import simulate_dataset
 
+    if patients < MIN_PATIENTS:
+        raise StethoedgeError(f"the demo needs at least {MIN_PATIENTS} simulated patients (--patients {patients}): "
+                              "the retraining holds out validation and evaluation patients")
     _prepare(out)
     timings: dict[str, float] = {}
     t = time.perf_counter()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stethoedge.cli_common import MAX_THREADS
 from stethoedge.runtime.bench import (
     bench_bundle, format_bench_table, format_sustained, read_temperatures, rows_to_csv, sustained_bench, write_outputs,
 )
@@ -99,4 +100,5 @@ def test_cli_bench_threads_csv_and_bad_threads(bundle_dir: Path, tmp_path: Path)
     assert ok.returncode == 0, ok.stderr
     assert len(list(csv.DictReader((tmp_path / "b.csv").open()))) == 1
     bad = cli("--threads", "0,2")
-    assert bad.returncode == 2 and "positive integers" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert f"list of integers from 1 to {MAX_THREADS}, got '0,2'" in bad.stderr

@@ -117,6 +117,25 @@ def test_simulate_bad_inputs_raise_user_errors(tmp_path):
     args = parser().parse_args(["bridge", "simulate", "--port", str(tmp_path / "no-tty"), "--wav", str(path)])
     with pytest.raises(BridgeError, match="cannot open"):
         args.func(args)
-    args = parser().parse_args(["bridge", "simulate", "--port", "pty", "--wav", str(path), "--frame-samples", "0"])
+    args = parser().parse_args(["bridge", "simulate", "--port", "pty", "--wav", str(path)])
+    args.frame_samples = 0  # the API still checks what the command line can no longer pass
     with pytest.raises(BridgeError):
         args.func(args)
+
+
+@pytest.mark.parametrize("option, value", [("--frame-samples", "0"), ("--frame-samples", "2043"), ("--rate", "inf"),
+                                           ("--baud", "0"), ("--boot-id", "-1"), ("--boot-id", "4294967296"),
+                                           ("--heartbeat-ms", "nan"), ("--linger", "1e9"), ("--start-timeout", "0")])
+def test_simulate_numeric_options_out_of_range_are_usage_errors(option: str, value: str, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parser().parse_args(["bridge", "simulate", "--port", "pty", "--wav", "x.wav", option, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: must be" in err and " from " in err and "Traceback" not in err
+
+
+def test_frame_samples_bound_matches_the_protocol():
+    assert cli.MAX_FRAME_SAMPLES == Audio.max_samples(AudioFormat.PCM16)
+    args = parser().parse_args(["bridge", "simulate", "--port", "pty", "--wav", "x.wav", "--frame-samples", "2042"])
+    assert args.frame_samples == 2042
+    assert parser().parse_args(["bridge", "decode", "c.bin", "--limit", "0"]).limit == 0

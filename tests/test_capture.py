@@ -3,9 +3,11 @@ sink, sounddevice (PortAudio -> ALSA pulse plugin) capturing its monitor. Skips,
 reason, where PortAudio or PulseAudio is not installed."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -244,3 +246,66 @@ def test_listen_cli_on_a_live_device_until_sigterm(pulse: Pulse, bundle_dir: Pat
     index = json.loads((rec / "index.json").read_text())["segments"]
     heard = np.concatenate([sf.read(rec / s["file"], dtype="float32")[0] for s in index])
     assert np.abs(heard).max() > 0.05, "the recording holds what was played into the device"
+
+
+# ------------------------------------------------------------------ no PortAudio (no PulseAudio needed)
+NO_PORTAUDIO = '''import sys
+
+
+class _NoPortAudio:
+    """``import sounddevice`` fails as it does where libportaudio2 is not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return None
+
+
+sys.meta_path.insert(0, _NoPortAudio())
+'''
+
+
+def _without_portaudio(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess whose sitecustomize makes sounddevice fail to find PortAudio."""
+    (tmp_path / "sitecustomize.py").write_text(NO_PORTAUDIO)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    exe = Path(sys.executable).with_name("stethoedge")
+    return subprocess.run([str(exe), *args], check=False, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": path})
+
+
+def test_devices_json_without_portaudio_is_a_json_error(tmp_path: Path):
+    proc = _without_portaudio(tmp_path, "devices", "--json")
+    assert proc.returncode == 2 and proc.stderr == "", proc.stderr
+    assert json.loads(proc.stdout) == {"error": "PortAudio library not found; install it: sudo apt install libportaudio2"}
+
+
+def test_devices_without_portaudio_is_one_line_saying_it_once(tmp_path: Path):
+    proc = _without_portaudio(tmp_path, "devices")
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == ["error: PortAudio library not found; install it: sudo apt install libportaudio2"]
+
+
+def test_doctor_without_portaudio_reports_it_once_and_exits_0(tmp_path: Path):
+    proc = _without_portaudio(tmp_path, "doctor")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("PortAudio library not found") == 1
+    assert "audio: MISSING; PortAudio library not found; install it" in proc.stdout
+
+
+def test_import_error_other_than_not_found_keeps_its_detail(monkeypatch: pytest.MonkeyPatch):
+    import builtins
+
+    from stethoedge.runtime.capture import import_sounddevice
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise OSError("libportaudio.so.2: wrong ELF class: ELFCLASS32")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(AudioError, match=r"^PortAudio library could not be loaded \(libportaudio.so.2: wrong ELF"):
+        import_sounddevice()

@@ -48,8 +48,14 @@ def test_batch_cli_writes_file_tagged_lines_and_reports_the_bad_file(bundle_dir:
     assert code == 1
     assert "broken.wav: error:" in err and "4 of 5 file(s) classified, 1 failed" in err and "Traceback" not in err
     records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[-1] == {"summary": {"files": 5, "classified": 4, "failed": 1, "with_warnings": 0}}
+    records = records[:-1]
     assert [Path(r["file"]).name for r in records] == sorted(Path(r["file"]).name for r in records)
-    assert {Path(r["file"]).name for r in records} == {"rec0.wav", "rec1.wav", "rec2.wav", "rec3.wav"}
+    assert {Path(r["file"]).name for r in records} == {"broken.wav", "rec0.wav", "rec1.wav", "rec2.wav", "rec3.wav"}
+    errors = [r for r in records if "error" in r]  # one error record for the broken file, no windows for it
+    assert len(errors) == 1 and Path(errors[0]["file"]).name == "broken.wav"
+    assert "not a readable audio file" in errors[0]["error"] and errors[0]["warnings"] == []
+    assert all("label" in r and r["warnings"] == [] for r in records if "error" not in r)
 
 
 def test_batch_on_a_file_instead_of_a_directory(recordings: Path):

@@ -362,11 +362,14 @@ def test_dataset_refuses_foreign_directories_and_replaces_its_own(tmp_path: Path
 
     out = tmp_path / "sim"
     simulate_dataset(out, n_patients=4, recordings_per_patient=2, duration_s=8.0)
-    simulate_dataset(out, n_patients=2, recordings_per_patient=1, duration_s=8.0)  # smaller: no stale files
+    with pytest.raises(DataError, match="not empty.*--overwrite"):  # replaced only when asked
+        simulate_dataset(out, n_patients=2, recordings_per_patient=1, duration_s=8.0)
+    assert len(list((out / "audio_and_txt_files").glob("*.wav"))) == 8
+    simulate_dataset(out, n_patients=2, recordings_per_patient=1, duration_s=8.0, overwrite=True)  # no stale files
     assert len(list((out / "audio_and_txt_files").glob("*.wav"))) == 2
     (out / "audio_and_txt_files" / "extra.wav").write_bytes(b"")
     with pytest.raises(DataError, match="extra.wav: not written by the simulator"):
-        simulate_dataset(out, n_patients=2, recordings_per_patient=1, duration_s=8.0)
+        simulate_dataset(out, n_patients=2, recordings_per_patient=1, duration_s=8.0, overwrite=True)
     for bad in (dict(n_patients=0), dict(duration_s=3.0), dict(test_fraction=1.0), dict(recordings_per_patient=0),
                 dict(seed=-1)):
         with pytest.raises(DataError):

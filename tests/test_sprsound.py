@@ -87,8 +87,15 @@ def test_parse_annotation_accepts_bom_and_poor_quality_without_events(tmp_path):
     (_ann(("-10", "500", "Normal")), "event 0 has start"),
     ({"record_annotation": "CAS", "event_annotation": [{"start": "0", "type": "Wheeze"}]}, "event 0 needs"),
     ("{not json", "unreadable annotation"),
+    # found by benchmarks/fuzz_sprsound.py (atheris): an int here was a TypeError traceback
+    ({"record_annotation": "DAS", "event_annotation": -1}, "event_annotation must be a list of events, got int"),
+    ({"record_annotation": "DAS", "event_annotation": "Wheeze"}, "event_annotation must be a list"),
+    (_ann(("0", "inf", "Wheeze")), "event 0 has a non-finite time (start 0.0 s, end inf s)"),
+    (_ann(("nan", "500", "Wheeze")), "event 0 has a non-finite time"),
+    ({"record_annotation": "CAS", "event_annotation": [["0", "500", "Wheeze"]]}, "event 0 needs"),
 ], ids=["record-label", "no-record", "not-a-dict", "non-numeric", "unknown-type", "empty-event", "reversed",
-        "negative", "no-end", "bad-json"])
+        "negative", "no-end", "bad-json", "events-an-int", "events-a-string", "end-infinite", "start-nan",
+        "event-a-list"])
 def test_parse_annotation_errors_name_the_file(tmp_path, data, message):
     path = _write_json(tmp_path / "123_4.5_0_p1_9.json", data)
     with pytest.raises(DataError, match=re.escape(str(path))) as err:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from stethoedge.runtime.errors import DataError
+from stethoedge.runtime.outputs import output_path
 from stethoedge.train.checkpoint import read_torch_file
 from stethoedge.train.model import AST
 
@@ -170,9 +171,8 @@ def save_delta(path: Path, model: AST, cfg: AdapterConfig, fingerprint: str) -> 
     """Write the adapter delta (weights, adapter config, backbone fingerprint) atomically."""
     payload = {"format": DELTA_FORMAT, "adapter": cfg.to_dict(), "backbone_sha256": fingerprint,
                "state_dict": adapter_state(model)}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with output_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def apply_delta(model: AST, path: str | os.PathLike, check_backbone: bool = True) -> AST:

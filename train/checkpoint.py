@@ -12,6 +12,7 @@ from torch import nn
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.labels import CLASSES
+from stethoedge.runtime.outputs import output_path
 from stethoedge.train.model import AST, ASTConfig, upgrade_state_dict
 
 CHECKPOINT_FORMAT = "stethoedge.checkpoint"
@@ -75,9 +76,8 @@ def save_checkpoint(path: Path, model: nn.Module, config: Any, spec: FeatureSpec
         "model_config": config.to_dict(),
         "feature_spec": spec.to_dict(), "labels": list(CLASSES), "state_dict": model.state_dict(), "meta": meta,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with output_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:

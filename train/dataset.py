@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
+from stethoedge.runtime.outputs import output_path
 from stethoedge.runtime.padding import cyclic_pad
 from stethoedge.train.features_torch import log_mel_fbank_torch, normalize_torch
 from stethoedge.train.icbhi import Recording, list_recordings, load_cycles, patient_holdout
@@ -124,9 +125,8 @@ def cached_fbank(audio: np.ndarray, spec: FeatureSpec, cache_dir: str | os.PathL
         except Exception as exc:  # a damaged cache file is recomputed, never trusted
             log.warning("%s: unreadable feature cache (%s); recomputing", path, exc)
     feats = fbank_batches(audio, spec, normalized=False)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(feats, tmp)
-    os.replace(tmp, path)
+    with output_path(path) as tmp:
+        torch.save(feats, tmp)
     return feats
 
 

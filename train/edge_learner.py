@@ -24,7 +24,6 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stethoedge.runtime.bundle import atomic_write_text
+from stethoedge.runtime.outputs import atomic_write_text, open_output, output_path
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec, efficientat_spec
 from stethoedge.runtime.features import kaldi_mel
@@ -156,9 +155,8 @@ def trunk_outputs(trunk: nn.Module, features: np.ndarray, idx: np.ndarray, path:
 
     if not len(idx):
         raise DataError(f"no windows to run the trunk on for {path.name}")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     out = None
-    try:
+    with output_path(path) as tmp:  # an interrupted pass leaves no half cache behind
         with torch.no_grad():
             for s in tqdm(range(0, len(idx), batch), desc=desc, unit="batch"):
                 x = torch.from_numpy(np.asarray(features[idx[s:s + batch]], dtype=np.float32))
@@ -170,9 +168,6 @@ def trunk_outputs(trunk: nn.Module, features: np.ndarray, idx: np.ndarray, path:
                 out[s:s + len(y)] = y
         out.flush()
         del out
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # an interrupted pass leaves no half cache behind
     return np.load(path, mmap_mode="r")
 
 
@@ -430,10 +425,10 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
         if best is None or score > best["val_selection_score"]:
             best = {"epoch": epoch + 1, "val_selection_score": score, "val_per_source": per,
                     "tail": copy.deepcopy(tail.state_dict())}
-        torch.save({"tail": tail.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "gen": gen.get_state(), "history": history, "best": best,
-                    "epoch": epoch + 1, "recipe": asdict(r)}, state_path.with_suffix(".tmp"))
-        os.replace(state_path.with_suffix(".tmp"), state_path)
+        with output_path(state_path) as tmp:
+            torch.save({"tail": tail.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "gen": gen.get_state(), "history": history,
+                        "best": best, "epoch": epoch + 1, "recipe": asdict(r)}, tmp)
     assert best is not None
     tail.load_state_dict(best["tail"])
 
@@ -464,8 +459,9 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
     metrics = _metrics(r, counts, load_report, best, history, evaluate_table(table, predictions), started,
                        probe=probe_info, shipped=shipped)
     write_run(out, model, spec, table, metrics, src)
-    np.savez(out / "predictions.npz", **predictions, label=table.label, role=table.role, source=table.source,
-             patient=table.patient, device=table.device, model_logits=model_logits, probe_logits=probe_logits)
+    with open_output(out / "predictions.npz") as fh:
+        np.savez(fh, **predictions, label=table.label, role=table.role, source=table.source,
+                 patient=table.patient, device=table.device, model_logits=model_logits, probe_logits=probe_logits)
     return metrics
 
 
@@ -486,8 +482,9 @@ def _finalize_scratch(r: EdgeRecipe, out: Path, model0: MobileNetV3Audio, tail: 
     metrics = _metrics(r, counts, load_report, best, history, evaluate_table(table, predictions), started,
                        shipped=name)
     write_run(out, assemble(model0, tail, r.tune_from), spec, table, metrics, src)
-    np.savez(out / "predictions.npz", **predictions, label=table.label, role=table.role, source=table.source,
-             patient=table.patient, device=table.device, model_logits=logits)
+    with open_output(out / "predictions.npz") as fh:
+        np.savez(fh, **predictions, label=table.label, role=table.role, source=table.source,
+                 patient=table.patient, device=table.device, model_logits=logits)
     return metrics
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from stethoedge.runtime.bundle import atomic_write_text
+from stethoedge.runtime.outputs import atomic_write_bytes, atomic_write_text, output_path
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.train.model import AST, ASTConfig
@@ -75,16 +74,14 @@ def save_ensemble_run(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
                     for r, ck in zip(run_dirs, loaded)],
         "meta": {"ensemble": len(loaded), "members": [str(Path(r).resolve()) for r in run_dirs]},
     }
-    tmp = out / f".checkpoint.pt.tmp-{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, out / "checkpoint.pt")
+    with output_path(out / "checkpoint.pt") as tmp:
+        torch.save(payload, tmp)
     atomic_write_text(out / "config.json", json.dumps({"ensemble": payload["meta"]["members"],
                                                        "feature_spec": first.spec.to_dict(),
                                                        "labels": list(first.labels)}, indent=2) + "\n")
     first_run = Path(run_dirs[0])
     if (first_run / "splits.json").is_file():
-        shutil.copyfile(first_run / "splits.json", out / ".splits.json.tmp")
-        os.replace(out / ".splits.json.tmp", out / "splits.json")
+        atomic_write_bytes(out / "splits.json", (first_run / "splits.json").read_bytes())
     return out
 
 

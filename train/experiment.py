@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from stethoedge.runtime.errors import DataError
 from stethoedge.train.generators import MEL_KINDS, create
 from stethoedge.train.generators.data import load_melsets
 from stethoedge.train.mixed import plan_counts, write_mixed_dataset
+from stethoedge.train.progress import Stages, torch_threads
 
 METRICS: tuple[tuple[str, str], ...] = (("score", "Score"), ("macro_f1", "macro-F1"), ("auroc", "AUROC"))
 
@@ -52,6 +54,7 @@ class ExperimentConfig:
     ensemble: bool = True
     val_fraction: float = 0.25
     device: str = "cpu"
+    threads: int | None = None  # torch CPU threads for everything (None: torch's default, one per core)
     train_overrides: dict[str, Any] = field(default_factory=dict)  # extra TrainConfig fields
 
 
@@ -122,53 +125,113 @@ def comparison_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Run every condition for every seed; writes OUT/experiment.json and OUT/comparison.md, returns the summary."""
+def stage_count(cfg: ExperimentConfig) -> int:
+    """Stages ``run_experiment`` goes through: per seed the baseline, the vocoder, per kind (fit,) synthesise
+    and train, and the ensemble."""
+    per_kind = sum(3 if kind != "diffwave" else 2 for kind in cfg.kinds)
+    per_seed = 1 + ((1 + per_kind) if cfg.kinds else 0) + (1 if cfg.ensemble and cfg.kinds else 0)
+    return per_seed * len(cfg.seeds)
+
+
+def describe(cfg: ExperimentConfig) -> str:
+    """One line with every size the experiment will run at (printed before it starts).
+
+    Builds each generator once on the way, so a bad configuration (an unknown field, a mel or frame
+    count the network cannot down-sample) is a DataError before any training starts.
+    """
+    def sizes(kind: str, overrides: dict[str, Any]) -> str:
+        config = create(kind, n_mels=cfg.n_mels, n_frames=cfg.n_frames, **overrides).config
+        shown = ("width", "batch_size", *(("layers", "timesteps") if kind == "diffwave" else ()), *sorted(overrides))
+        items = [f"{k} {getattr(config, k)}" for k in dict.fromkeys(shown) if hasattr(config, k)]
+        if kind == "diffwave":  # the channels the layers really get: residual_channels x width
+            items = [i for i in items if not i.startswith("residual_channels ")]
+            items.insert(2, f"channels {config.channels([config.residual_channels])[0]}")
+        return ", ".join(items)
+
+    parts = [f"{len(cfg.seeds)} seed(s) x (baseline" + "".join(f" + {k}" for k in cfg.kinds)
+             + (" + ensemble" if cfg.ensemble and cfg.kinds else "") + f"): {stage_count(cfg)} stages",
+             f"classifier preset {cfg.preset}, {cfg.epochs} epoch(s), batch {cfg.batch_size}"]
+    if cfg.kinds:
+        parts.append(f"mels {cfg.n_mels} x {cfg.n_frames} frames, Mixed-N {cfg.mode} N={cfg.n}")
+        parts.append(f"vocoder diffwave {cfg.vocoder_steps} steps ({sizes('diffwave', cfg.vocoder_config)})")
+        parts += [f"{kind} {cfg.gen_steps} steps ({sizes(kind, cfg.generator_config.get(kind, {}))})"
+                  for kind in cfg.kinds if kind != "diffwave"]
+    return "; ".join(parts)
+
+
+def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
+    """Run every condition for every seed; writes OUT/experiment.json and OUT/comparison.md, returns the summary.
+
+    With ``progress`` (the default) every size is printed on stderr first, then one line per stage with
+    the time elapsed and left, and each generator fit shows its bar; the classifier's epochs and the
+    vocoder's sampling always show theirs (``train/progress.py``; ``TQDM_DISABLE=1`` turns bars off).
+    """
     unknown = [k for k in cfg.kinds if k not in (*MEL_KINDS, "diffwave")]
     if unknown:
         raise DataError(f"unknown generator kind(s) {unknown}; choose from {', '.join((*MEL_KINDS, 'diffwave'))}")
+    plan_text = describe(cfg)  # also refuses a bad generator configuration before any training
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[dict[str, float]]] = {"baseline": []}
-    runs: dict[str, list[str]] = {"baseline": []}
-    for seed in cfg.seeds:
-        seed_dir = out / f"seed-{seed}"
-        members = []
-        baseline = seed_dir / "baseline"
-        results["baseline"].append(_test_summary(_train(cfg, baseline, seed).get("test")))
-        runs["baseline"].append(str(baseline))
-        members.append(baseline)
-        if cfg.kinds:
-            sets = load_melsets(cfg.data, cfg.n_mels, cfg.n_frames, with_audio=True, val_fraction=cfg.val_fraction,
-                                seed=seed)
-            train_set = sets["train"]
-            vocoder = create("diffwave", spec=train_set.spec, n_mels=cfg.n_mels, n_frames=cfg.n_frames, seed=seed,
-                             **cfg.vocoder_config).to(cfg.device)
-            vocoder.fit(train_set, classes=cfg.gen_classes, steps=cfg.vocoder_steps,
-                        checkpoint=seed_dir / "generators" / "diffwave.pt")
-            plan = plan_counts(train_set.class_counts(), cfg.n, cfg.mode, classes=cfg.gen_classes)
-            for kind in cfg.kinds:
-                if kind == "diffwave":
-                    generator = vocoder
-                else:
-                    generator = create(kind, spec=train_set.spec, n_mels=cfg.n_mels, n_frames=cfg.n_frames, seed=seed,
-                                       **cfg.generator_config.get(kind, {})).to(cfg.device)
-                    generator.fit(train_set, classes=cfg.gen_classes, steps=cfg.gen_steps,
-                                  checkpoint=seed_dir / "generators" / f"{kind}.pt")
-                mixed = write_mixed_dataset(seed_dir / "synthetic" / kind, generator, plan, vocoder=vocoder,
-                                            source=train_set, seed=seed, overwrite=True)
-                condition = f"{kind}+aft" if cfg.aft else kind
-                run_dir = seed_dir / condition
-                results.setdefault(condition, []).append(_test_summary(_train(cfg, run_dir, seed, [str(mixed)]).get("test")))
-                runs.setdefault(condition, []).append(str(run_dir))
-                members.append(run_dir)
-        if cfg.ensemble and len(members) > 1:
-            metrics = evaluate_ensemble(members, seed_dir / "ensemble", cfg.data, cfg.val_fraction, seed)
-            results.setdefault("ensemble", []).append(_test_summary(metrics))
-            runs.setdefault("ensemble", []).append(str(seed_dir / "ensemble"))
+    stages = Stages(stage_count(cfg), "experiment", enabled=progress)
+    if progress:
+        print(f"experiment: {plan_text}", file=sys.stderr, flush=True)
+    with torch_threads(cfg.threads):
+        results, runs = _run_conditions(cfg, out, stages, progress)
+    stages.finish()
     summary = summarize(results)
     table = comparison_table(summary)
     record = {"config": dataclasses.asdict(cfg), "summary": summary, "per_seed": results, "runs": runs}
     atomic_write_text(out / "experiment.json", json.dumps(record, indent=2) + "\n")
     atomic_write_text(out / "comparison.md", table)
     return record
+
+
+def _run_conditions(cfg: ExperimentConfig, out: Path, stages: Stages, progress: bool
+                    ) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[str]]]:
+    """Every condition of every seed: (test metrics, run directories) per condition."""
+    results: dict[str, list[dict[str, float]]] = {"baseline": []}
+    runs: dict[str, list[str]] = {"baseline": []}
+    for seed in cfg.seeds:
+        seed_dir = out / f"seed-{seed}"
+        members = []
+        baseline = seed_dir / "baseline"
+        stages.stage(f"seed {seed}: train the baseline ({cfg.epochs} epoch(s))")
+        results["baseline"].append(_test_summary(_train(cfg, baseline, seed).get("test")))
+        runs["baseline"].append(str(baseline))
+        members.append(baseline)
+        if cfg.kinds:
+            stages.stage(f"seed {seed}: fit the diffwave vocoder ({cfg.vocoder_steps} steps)")
+            sets = load_melsets(cfg.data, cfg.n_mels, cfg.n_frames, with_audio=True, val_fraction=cfg.val_fraction,
+                                seed=seed)
+            train_set = sets["train"]
+            del sets  # only the training cycles feed the generators
+            vocoder = create("diffwave", spec=train_set.spec, n_mels=cfg.n_mels, n_frames=cfg.n_frames, seed=seed,
+                             **cfg.vocoder_config).to(cfg.device)
+            vocoder.fit(train_set, classes=cfg.gen_classes, steps=cfg.vocoder_steps,
+                        checkpoint=seed_dir / "generators" / "diffwave.pt", progress=progress)
+            # Only classes the generators saw can be sampled (a class with no training cycle is left out).
+            plan = plan_counts(train_set.class_counts(), cfg.n, cfg.mode, classes=vocoder.classes)
+            for kind in cfg.kinds:
+                if kind == "diffwave":
+                    generator = vocoder
+                else:
+                    stages.stage(f"seed {seed}: fit {kind} ({cfg.gen_steps} steps)")
+                    generator = create(kind, spec=train_set.spec, n_mels=cfg.n_mels, n_frames=cfg.n_frames, seed=seed,
+                                       **cfg.generator_config.get(kind, {})).to(cfg.device)
+                    generator.fit(train_set, classes=cfg.gen_classes, steps=cfg.gen_steps,
+                                  checkpoint=seed_dir / "generators" / f"{kind}.pt", progress=progress)
+                stages.stage(f"seed {seed}: synthesise {sum(plan.values())} {kind} cycles {json.dumps(plan)}")
+                mixed = write_mixed_dataset(seed_dir / "synthetic" / kind, generator, plan, vocoder=vocoder,
+                                            source=train_set, seed=seed, overwrite=True)
+                condition = f"{kind}+aft" if cfg.aft else kind
+                run_dir = seed_dir / condition
+                stages.stage(f"seed {seed}: train {condition} ({cfg.epochs} epoch(s))")
+                results.setdefault(condition, []).append(_test_summary(_train(cfg, run_dir, seed, [str(mixed)]).get("test")))
+                runs.setdefault(condition, []).append(str(run_dir))
+                members.append(run_dir)
+        if cfg.ensemble and len(members) > 1:
+            stages.stage(f"seed {seed}: evaluate the ensemble of {len(members)} runs")
+            metrics = evaluate_ensemble(members, seed_dir / "ensemble", cfg.data, cfg.val_fraction, seed)
+            results.setdefault("ensemble", []).append(_test_summary(metrics))
+            runs.setdefault("ensemble", []).append(str(seed_dir / "ensemble"))
+    return results, runs

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stethoedge.runtime.bundle import atomic_write_text
+from stethoedge.runtime.outputs import atomic_write_text, output_path
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.labels import CLASSES
@@ -275,15 +274,11 @@ def save_grid(real: MelSet, fake: MelSet, classes: list[int], path: Path, per_cl
                 ax.imshow(pool.mels[i].T.numpy(), origin="lower", aspect="auto", cmap="magma")
             ax.set_title(f"{CLASSES[c]} {tag}", fontsize=7)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
+        with output_path(path) as tmp:
+            fig.savefig(tmp, dpi=80)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

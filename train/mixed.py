@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +23,7 @@ import torch
 
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.labels import CLASSES
+from stethoedge.runtime.outputs import check_output_dir, install_dir, temp_dir_beside
 from stethoedge.train.generators.base import MelGenerator, MelSet
 from stethoedge.train.generators.diffwave import DiffWaveVocoder
 from stethoedge.train.icbhi import SPLIT_FILENAME
@@ -75,21 +75,24 @@ def synthesize_waveforms(generator: MelGenerator, cls: int, n: int, vocoder: Dif
 
 
 def write_icbhi_dir(out_dir: str | os.PathLike, waveforms: dict[int, np.ndarray], sample_rate: int,
-                    meta: dict[str, Any] | None = None, overwrite: bool = False, device: str = "Synth") -> Path:
+                    meta: dict[str, Any] | None = None, overwrite: bool = False, device: str = "Synth",
+                    inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
     """Write {class index: (n, samples) audio} as an ICBHI-layout directory; returns its path.
 
     File stems are ``<9000 + class>_<k>_Tc_sc_<device>``; ``device`` (letters and digits) tells
-    sets from different generators apart.
+    sets from different generators apart. An existing ``out_dir`` is replaced only with
+    ``overwrite``, and never when it is or holds one of ``inputs`` (runtime/outputs.py).
     """
     if not re.fullmatch(r"[0-9A-Za-z]+", device):
         raise DataError(f"device name {device!r} must be letters and digits only")
     out = Path(out_dir)
-    if out.exists() and not overwrite:
+    if os.path.lexists(out) and not overwrite:
         raise DataError(f"{out}: already exists (pass overwrite=True / --force to replace it)")
     if not any(len(w) for w in waveforms.values()):
         raise DataError("no synthetic samples to write")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    out.parent.mkdir(parents=True, exist_ok=True)  # an experiment's own tree; the CLI refuses a missing parent first
+    out = check_output_dir(out, inputs=inputs, replace=True)  # never holding an input
+    tmp = temp_dir_beside(out)
     try:
         audio_dir = tmp / "audio_and_txt_files"
         audio_dir.mkdir()
@@ -107,14 +110,7 @@ def write_icbhi_dir(out_dir: str | os.PathLike, waveforms: dict[int, np.ndarray]
         (tmp / SPLIT_FILENAME).write_text("\n".join(split_lines) + "\n")
         (tmp / "synthetic.json").write_text(json.dumps({"synthetic": True, "class_counts": counts, **(meta or {})},
                                                        indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        install_dir(tmp, out, replace=overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -123,12 +119,14 @@ def write_icbhi_dir(out_dir: str | os.PathLike, waveforms: dict[int, np.ndarray]
 
 def write_mixed_dataset(out_dir: str | os.PathLike, generator: MelGenerator, plan: dict[int, int],
                         vocoder: DiffWaveVocoder | None = None, source: MelSet | None = None, seed: int = 0,
-                        overwrite: bool = False) -> Path:
-    """Generate ``plan`` ({class: count}) samples and write them as a Mixed-N synthetic directory."""
+                        overwrite: bool = False, inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
+    """Generate ``plan`` ({class: count}) samples and write them as a Mixed-N synthetic directory
+    (``overwrite`` and ``inputs`` as in ``write_icbhi_dir``)."""
     waveforms = {c: synthesize_waveforms(generator, c, k, vocoder, source, seed=seed + 1000 * c)
                  for c, k in sorted(plan.items())}
     meta = {"generator": generator.kind, "generator_step": generator.step, "seed": seed,
             "vocoder": None if vocoder is None else {"kind": vocoder.kind, "step": vocoder.step},
             "feature_spec": generator.spec.to_dict(), "n_frames": generator.config.n_frames}
     device = "Synth" + re.sub(r"[^0-9A-Za-z]", "", generator.kind.title())
-    return write_icbhi_dir(out_dir, waveforms, generator.spec.sample_rate, meta, overwrite, device=device)
+    return write_icbhi_dir(out_dir, waveforms, generator.spec.sample_rate, meta, overwrite, device=device,
+                           inputs=inputs)

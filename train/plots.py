@@ -1,17 +1,17 @@
 """PNG reports of a run: loss/score curves and the confusion matrix (matplotlib, Agg backend)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from stethoedge.runtime.outputs import output_path
+
 
 def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with output_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import scipy.signal
 from stethoedge.runtime.audio_io import resample, write_wav
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.labels import CLASSES
+from stethoedge.runtime.outputs import atomic_write_text, check_output_dir, is_temporary_name
 from stethoedge.train.icbhi import LOCATIONS, SPLIT_FILENAME, Cycle
 
 SYNTH_RATE = 16000
@@ -559,25 +559,22 @@ def stratified_test_patients(conditions: list[str], test_fraction: float, rng: n
     return {order[int((j + offset) * n / k)] for j in range(k)}
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8", newline="\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _leftover(rel: Path) -> bool:
+    """A temporary an interrupted write left (runtime/outputs.py names), at any depth."""
+    return any(is_temporary_name(part) for part in rel.parts)
 
 
-_TMP_RE = re.compile(r"^\..+\.tmp-\d+$")
+def _prepare_out_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """Create ``out_dir`` (its parent must exist), or accept it empty.
 
-
-def _prepare_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir``, or clear a previous simulation from it; refuse anything else non-empty."""
+    A non-empty one is refused, unless ``overwrite`` and it holds only a previous simulation's
+    files (listed in its simulation.json), which are then deleted. Nothing else is ever deleted.
+    """
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a directory")
+    out_dir = check_output_dir(out_dir)
     if not out_dir.exists():
-        out_dir.mkdir(parents=True)
+        out_dir.mkdir()
         return
     present = sorted(p for p in out_dir.rglob("*") if not p.is_dir())
     if not present:
@@ -591,13 +588,19 @@ def _prepare_out_dir(out_dir: Path) -> None:
     if not ours:
         raise DataError(f"{out_dir}: directory is not empty and is not a previous simulation output; "
                         "choose an empty or new directory")
+    if not overwrite:
+        raise DataError(f"{out_dir}: is not empty (a previous simulation); choose an empty or new directory, "
+                        "or pass --overwrite to replace it")
     listed = {str(f) for f in meta["files"]} | {META_FILE}
     for p in present:
-        rel = p.relative_to(out_dir).as_posix()
-        if rel not in listed and not _TMP_RE.match(p.name):
+        rel = p.relative_to(out_dir)
+        if rel.as_posix() not in listed and not _leftover(rel):
             raise DataError(f"{p}: not written by the simulator; refusing to overwrite {out_dir}")
     for p in present:
         p.unlink()
+    for d in sorted((d for d in out_dir.rglob("*") if d.is_dir()), reverse=True):
+        if _leftover(d.relative_to(out_dir)):
+            d.rmdir()
 
 
 def _file_plan(n_patients: int, recordings_per_patient: int, devices: list[str]) -> list[tuple[int, int, str, str]]:
@@ -613,7 +616,7 @@ def _file_plan(n_patients: int, recordings_per_patient: int, devices: list[str])
 
 def simulate_dataset(
     out_dir: str | os.PathLike, n_patients: int = 16, recordings_per_patient: int = 3, duration_s: float = 20.0,
-    seed: int = 0, test_fraction: float = 0.4,
+    seed: int = 0, test_fraction: float = 0.4, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write a simulated ICBHI-layout dataset to ``out_dir`` and return its summary.
 
@@ -622,7 +625,7 @@ def simulate_dataset(
     ``ICBHI_challenge_train_test.txt`` (patient-level, stratified by condition),
     ``patient_diagnosis.csv`` and ``simulation.json`` (seed, parameters, class counts, files).
     Patients are numbered from 301. ``duration_s`` is per recording, in seconds. Refuses a
-    non-empty ``out_dir`` unless it holds a previous simulation (which is replaced).
+    non-empty ``out_dir``; with ``overwrite`` a previous simulation there (and only that) is replaced.
     """
     if not (isinstance(n_patients, (int, np.integer)) and n_patients >= 1):
         raise DataError(f"n_patients must be a positive integer, got {n_patients!r}")
@@ -637,7 +640,7 @@ def simulate_dataset(
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")
     seed, n_patients, recordings_per_patient = int(seed), int(n_patients), int(recordings_per_patient)
     out = Path(out_dir)
-    _prepare_out_dir(out)
+    _prepare_out_dir(out, overwrite)
     (out / AUDIO_DIR).mkdir(exist_ok=True)
 
     top = np.random.default_rng([seed, 0])
@@ -656,7 +659,7 @@ def simulate_dataset(
     meta: dict[str, Any] = {"generator": GENERATOR, "format": FORMAT_VERSION, "complete": False, "seed": seed,
                             "parameters": params, "files": listing}
     # Written first so that an interrupted run is still recognised (and replaced) next time.
-    _write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
 
     counts = {s: [0] * len(CLASSES) for s in ("all", "train", "test")}
     split_lines = []
@@ -669,14 +672,14 @@ def simulate_dataset(
         audio = rec.audio if rate == SYNTH_RATE else np.clip(resample(rec.audio, SYNTH_RATE, rate), -1.0, 1.0)
         write_wav(out / AUDIO_DIR / f"{stem}.wav", audio, rate)
         cycles = rec.cycles
-        _write_text(out / AUDIO_DIR / f"{stem}.txt",
+        atomic_write_text(out / AUDIO_DIR / f"{stem}.txt",
                     "".join(f"{c.start_s:.3f}\t{c.end_s:.3f}\t{c.crackles}\t{c.wheezes}\n" for c in cycles))
         for c in cycles:
             counts["all"][c.label] += 1
             counts[split][c.label] += 1
         split_lines.append(f"{stem}\t{split}\n")
-    _write_text(out / SPLIT_FILENAME, "".join(split_lines))
-    _write_text(out / DIAGNOSIS_FILE, "ID,CLASS\n" + "".join(
+    atomic_write_text(out / SPLIT_FILENAME, "".join(split_lines))
+    atomic_write_text(out / DIAGNOSIS_FILE, "ID,CLASS\n" + "".join(
         f"{FIRST_PATIENT + i},{CONDITIONS[c].diagnosis}\n" for i, c in enumerate(conditions)))
 
     meta.update({
@@ -688,5 +691,5 @@ def simulate_dataset(
                       "diagnosis": CONDITIONS[conditions[i]].diagnosis, "device": devices[i],
                       "split": "test" if i in test_idx else "train"} for i in range(n_patients)],
     })
-    _write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
     return meta

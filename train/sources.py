@@ -28,6 +28,7 @@ import numpy as np
 
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.features import compute_features
+from stethoedge.runtime.outputs import atomic_write_text, open_output
 from stethoedge.runtime.padding import cyclic_pad
 from stethoedge.train.icbhi import list_recordings, load_cycles
 from stethoedge.train.sprsound import list_records, load_events
@@ -143,13 +144,9 @@ def build_table(cfg: SourceConfig, spec: FeatureSpec, cache_dir: str | os.PathLi
             feats.append(compute_features(window, spec).astype(np.float16))
             for key, value in zip(meta, row):
                 meta[key].append(value)
-        tmp = folder / f".features.npy.tmp-{os.getpid()}"
-        with open(tmp, "wb") as fh:
+        with open_output(feat_path) as fh:
             np.save(fh, np.stack(feats) if feats else np.zeros((0, *spec.input_shape), np.float16))
-        os.replace(tmp, feat_path)
-        meta_tmp = folder / f".meta.json.tmp-{os.getpid()}"
-        meta_tmp.write_text(json.dumps({"config": cfg.__dict__, "feature_spec": spec.to_dict(), **meta}))
-        os.replace(meta_tmp, meta_path)
+        atomic_write_text(meta_path, json.dumps({"config": cfg.__dict__, "feature_spec": spec.to_dict(), **meta}))
     meta = json.loads(meta_path.read_text())
     arrays = {k: np.asarray(meta[k]) for k in ("label", "role", "source", "device", "patient", "recording",
                                                "event_type")}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -90,15 +91,20 @@ def parse_annotation(path: str | os.PathLike) -> tuple[str, tuple[Event, ...]]:
     record = data.get("record_annotation") if isinstance(data, dict) else None
     if record not in RECORD_LABELS:
         raise DataError(f"{p}: record_annotation {record!r} is not one of {', '.join(RECORD_LABELS)}")
+    listed = data.get("event_annotation") or []
+    if not isinstance(listed, list):
+        raise DataError(f"{p}: event_annotation must be a list of events, got {type(listed).__name__}")
     events = []
-    for k, ev in enumerate(data.get("event_annotation") or []):
+    for k, ev in enumerate(listed):
         try:
             start, end, kind = float(ev["start"]) / 1000.0, float(ev["end"]) / 1000.0, str(ev["type"])
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{p}: event {k} needs numeric start/end (ms) and a type, got {ev!r}") from None
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise DataError(f"{p}: event {k} needs numeric start/end (ms) and a type, got {ev!r:.200}") from None
         if kind not in EVENT_TO_CLASS:
-            raise DataError(f"{p}: event {k} type {kind!r} is not one of {', '.join(EVENT_TYPES)}")
-        if not (0 <= start < end):
+            raise DataError(f"{p}: event {k} type {kind!r:.80} is not one of {', '.join(EVENT_TYPES)}")
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise DataError(f"{p}: event {k} has a non-finite time (start {start} s, end {end} s)")
+        if not 0 <= start < end:
             raise DataError(f"{p}: event {k} has start {start:.3f} s >= end {end:.3f} s")
         events.append(Event(start, end, kind))
     return record, tuple(events)

@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from stethoedge.runtime.bundle import atomic_write_text
+from stethoedge.runtime.outputs import atomic_write_text, output_path
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.labels import CLASSES
@@ -51,6 +50,7 @@ from stethoedge.train.ema import make_ema
 from stethoedge.train.metrics import evaluate, softmax
 from stethoedge.train.options import from_options
 from stethoedge.train.model import AST, count_parameters, gflops_per_window, preset_config
+from stethoedge.train.progress import progress_bar
 from stethoedge.train.sam import SAM
 
 log = logging.getLogger("stethoedge.train")
@@ -267,9 +267,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with output_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 _NOT_RESUME_RELEVANT = ("resume", "stop_after_steps", "checkpoint_every", "threads", "cache_dir", "device", "out")
@@ -469,7 +468,8 @@ def train(cfg: TrainConfig, spec: FeatureSpec | None = None) -> dict[str, Any]:
         batches = order.split(cfg.batch_size)
         first = start_step if epoch == start_epoch else 0
         total, n = resumed_partial if first else (0.0, 0)
-        for step in range(first, len(batches)):
+        for step in progress_bar(range(first, len(batches)), total=len(batches), initial=first,
+                                 desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not main):
             idx = batches[step]
             x = train_x[idx].to(device)
             y, d = train_labels_t[idx].to(device), train_domain_t[idx].to(device)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from stethoedge.runtime.errors import AudioError, DataError
+from stethoedge.runtime.outputs import open_output
 from stethoedge.runtime.padding import cyclic_pad
 
 SAMPLE_RATE = 16000
@@ -142,10 +143,8 @@ def embed_segments(segments: Iterable[np.ndarray], path: str | os.PathLike, *,
     rows = [embedder.embed(seg) for seg in items]
     out = np.stack(rows).astype(np.float32) if rows else np.zeros((0, EMBED_DIM), np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with open_output(path) as fh:
         np.save(fh, out)
-    os.replace(tmp, path)
     return out
 
 

@@ -19,13 +19,20 @@ FORMATS_BY_BACKEND = {v: k for k, v in BACKENDS_BY_FORMAT.items()}
 
 def open_backend(bundle: Bundle, artifact: str | None = None, backend: str = "auto",
                  threads: int | None = None, allow_failed: bool = False, selftest: bool = True) -> Backend:
-    """Open the artifact on a backend and run the start-up self-test (features and logits)."""
-    art = bundle.artifact(artifact, allow_failed=allow_failed)
-    name = BACKENDS_BY_FORMAT.get(art.format) if backend == "auto" else backend
-    if name not in FORMATS_BY_BACKEND:
+    """Open the artifact on a backend and run the start-up self-test (features and logits).
+
+    With a named ``backend`` and no ``artifact``, the artifact is the best one that backend can run
+    (``artifact_for_backend``).
+    """
+    if backend != "auto" and backend not in FORMATS_BY_BACKEND:
         raise BackendError(f"no backend {backend!r}; choose from auto, {', '.join(FORMATS_BY_BACKEND)}")
+    if artifact is None and backend != "auto":
+        artifact = artifact_for_backend(bundle, backend, allow_failed=allow_failed)
+    art = bundle.artifact(artifact, allow_failed=allow_failed)
+    name = BACKENDS_BY_FORMAT[art.format] if backend == "auto" else backend
     if FORMATS_BY_BACKEND[name] != art.format:
-        raise BackendError(f"backend {name} cannot run {art.format} artifact {art.name}")
+        raise BackendError(f"backend {name} cannot run {art.format} artifact {art.name}; "
+                           f"{_suggest(bundle, name)}")
     opened: Backend
     if name == "onnxruntime":
         from stethoedge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -43,6 +50,42 @@ def open_backend(bundle: Bundle, artifact: str | None = None, backend: str = "au
         check_feature_parity(bundle)
         run_selftest(bundle, opened)
     return opened
+
+
+def artifact_for_backend(bundle: Bundle, backend: str, allow_failed: bool = False) -> str:
+    """The artifact ``backend`` runs when none is named: the bundle's default if the backend can run
+    it, else the first passed artifact of the backend's format (with ``allow_failed``, then the
+    first failed-verification one); BackendError listing the artifacts and the flags when none fits."""
+    wanted = FORMATS_BY_BACKEND[backend]
+    default = bundle.artifacts[bundle.manifest["default_artifact"]]
+    if default.format == wanted and (default.status == "passed" or allow_failed):
+        return default.name
+    matching = [a for a in bundle.artifacts.values() if a.format == wanted]
+    for art in matching:
+        if art.status == "passed":
+            return art.name
+    if matching and allow_failed:
+        return matching[0].name
+    raise BackendError(f"backend {backend} runs {wanted} artifacts and bundle {bundle.root} has no usable one; "
+                       f"{_suggest(bundle, backend)}")
+
+
+def _suggest(bundle: Bundle, backend: str) -> str:
+    """Which artifacts exist, and the flags that select one this backend (or another) can run."""
+    wanted = FORMATS_BY_BACKEND[backend]
+    listed = ", ".join(f"{a.name} ({a.format}{'' if a.status == 'passed' else ', failed verification'})"
+                       for a in bundle.artifacts.values())
+    passed = [a.name for a in bundle.artifacts.values() if a.format == wanted and a.status == "passed"]
+    failed = [a.name for a in bundle.artifacts.values() if a.format == wanted and a.status != "passed"]
+    if passed:
+        hint = f"add --artifact {passed[0]}"
+    elif failed:
+        hint = f"add --artifact {failed[0]} --allow-degraded"
+    elif backend == "tensorrt":
+        hint = "build an engine on the target first (stethoedge build-engine BUNDLE) or use --backend auto"
+    else:
+        hint = "use --backend auto (or the backend of one of these formats)"
+    return f"the bundle has {listed}; {hint}"
 
 
 def _version(dist: str) -> str | None:
@@ -86,4 +129,5 @@ def available_backends() -> dict[str, dict[str, Any]]:
     return out
 
 
-__all__ = ["Backend", "open_backend", "run_selftest", "check_feature_parity", "available_backends"]
+__all__ = ["Backend", "open_backend", "artifact_for_backend", "run_selftest", "check_feature_parity",
+           "available_backends"]

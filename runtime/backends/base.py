@@ -42,6 +42,11 @@ def run_selftest(bundle: Bundle, backend: Backend) -> float:
     """
     expected = bundle.selftest.logits
     got = np.asarray(backend.run(bundle.selftest.features), dtype=np.float32)
+    if got.ndim == 2 and got.shape[0] == expected.shape[0] and got.shape[1] != len(bundle.labels):
+        raise BundleError(
+            f"self-test of {backend.artifact.name} on {backend.name}: the model outputs {got.shape[1]} classes "
+            f"but the bundle has {len(bundle.labels)} labels ({', '.join(bundle.labels)}); refusing to run"
+        )
     if got.shape != expected.shape or not np.all(np.isfinite(got)):
         raise BundleError(
             f"self-test of {backend.artifact.name} on {backend.name}: output shape {got.shape} "

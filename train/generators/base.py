@@ -22,12 +22,13 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.labels import CLASSES
+from stethoedge.runtime.outputs import output_path
 from stethoedge.train.checkpoint import read_torch_file
+from stethoedge.train.progress import progress_bar
 
 log = logging.getLogger("stethoedge.generate")
 
@@ -191,7 +192,7 @@ class MelGenerator(ABC):
         for m in self.modules().values():
             m.train()
         rng = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)
-        bar = tqdm(total=steps, initial=min(self.step, steps), desc=f"fit {self.kind}", unit="step", disable=None if progress else True)
+        bar = progress_bar(total=steps, initial=min(self.step, steps), desc=f"fit {self.kind}", disable=not progress)
         n = len(data)
         while self.step < steps:
             index = torch.randint(0, n, (min(self.config.batch_size, n),), generator=rng)
@@ -201,8 +202,8 @@ class MelGenerator(ABC):
             loss = self.train_step(batch, rng)
             self.losses.append(float(loss))
             self.step += 1
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # shown by update()'s next refresh
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
             if checkpoint is not None and (self.step % checkpoint_every == 0 or self.step == steps):
                 self.save(checkpoint)
         bar.close()
@@ -251,14 +252,9 @@ class MelGenerator(ABC):
     def save(self, path: str | os.PathLike) -> Path:
         """Write the generator (weights, optimiser state, config, spec) atomically to ``path``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # experiment's own tree; `generate fit --out` checks it first
+        with output_path(path) as tmp:
             torch.save(self.state(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     @classmethod

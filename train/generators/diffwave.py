@@ -12,6 +12,7 @@ generators into audio.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import nn
 from stethoedge.runtime.errors import DataError
 from stethoedge.train.generators.base import GeneratorConfig, MelGenerator, MelSet, parse_classes
 from stethoedge.train.generators.ddpm import linear_betas, timestep_embedding
+from stethoedge.train.progress import progress_bar
 
 
 @dataclass
@@ -125,17 +127,21 @@ class DiffWaveVocoder(MelGenerator):
         return float(loss.detach())
 
     @torch.no_grad()
-    def vocode(self, mels: torch.Tensor, seed: int = 0, batch_size: int = 16) -> torch.Tensor:
-        """Waveforms (n, frames x hop) for normalised log-mels (n, frames, mels) of this vocoder's spec."""
+    def vocode(self, mels: torch.Tensor, seed: int = 0, batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+        """Waveforms (n, frames x hop) for normalised log-mels (n, frames, mels) of this vocoder's spec
+        (a progress bar of the reverse-diffusion steps on stderr unless ``progress`` is False)."""
         if mels.dim() != 3 or tuple(mels.shape[1:]) != (self.config.n_frames, self.config.n_mels):
             raise DataError(f"diffwave: mels must be (n, {self.config.n_frames}, {self.config.n_mels}), "
                             f"got {tuple(mels.shape)}")
         self.net.eval()
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        out = [self._reverse(mels[s:s + batch_size].to(self.device), gen) for s in range(0, len(mels), batch_size)]
+        starts = range(0, len(mels), batch_size)
+        with progress_bar(total=len(starts) * self.config.timesteps, desc=f"vocode {len(mels)}", unit="step",
+                          disable=not progress) as bar:
+            out = [self._reverse(mels[s:s + batch_size].to(self.device), gen, bar) for s in starts]
         return torch.cat(out).cpu()
 
-    def _reverse(self, mels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _reverse(self, mels: torch.Tensor, gen: torch.Generator, bar: Any = None) -> torch.Tensor:
         betas, ab = self.betas.to(self.device), self.alpha_bar.to(self.device)
         x = torch.randn(len(mels), self.n_samples, generator=gen, device=self.device)
         for t in range(self.config.timesteps - 1, -1, -1):
@@ -145,6 +151,8 @@ class DiffWaveVocoder(MelGenerator):
             if t > 0:
                 sigma = float(((1 - ab[t - 1]) / (1 - ab[t]) * betas[t]).sqrt())
                 x = x + sigma * torch.randn(x.shape, generator=gen, device=self.device)
+            if bar is not None:
+                bar.update(1)
         return x.clamp(-1.0, 1.0)
 
     @torch.no_grad()
