@@ -31,23 +31,13 @@ import threading
 import warnings
 from typing import Any, Iterator
 
+from stethoedge.runtime.native_noise import NOISE_LINES, is_noise  # noqa: F401 - one list for runtime and export
+
 #: Loggers whose messages below ERROR are start-up noise in export and demo output.
 NOISY_LOGGERS: tuple[str, ...] = ("torchao", "torch.utils._pytree", "torch._inductor", "absl", "tensorflow",
                                   "jax._src.xla_bridge")
 #: Environment defaults, set only where the user has not set them.
 ENV_DEFAULTS: dict[str, str] = {"TF_CPP_MIN_LOG_LEVEL": "1"}  # TensorFlow's C++ INFO lines off, WARNING on
-#: Lines that native code writes to stderr and that tell a user nothing to do.
-NOISE_LINES: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
-    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
-    r"^I\d{4} [\d:.]+\s+\d+ [\w.+/-]+:\d+\] ",  # absl / glog INFO lines (I + MMDD); W, E and F lines stay
-    r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.",
-    r"^INFO: Initialized TensorFlow Lite runtime\.",
-))
-
-
-def is_noise(line: str) -> bool:
-    """True for a stderr line of native code that ``quiet_third_party`` drops."""
-    return any(p.search(line) for p in NOISE_LINES)
 
 
 class StderrLineFilter:

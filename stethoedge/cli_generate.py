@@ -50,6 +50,16 @@ def _kind_overrides(pairs: list[str] | None, kinds: list[str]) -> dict[str, dict
     return out
 
 
+def _seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2]; anything else is a DataError naming the option."""
+    from stethoedge.runtime.errors import DataError
+
+    items = _csv(text)
+    if not items or not all(i.isdigit() and int(i) <= MAX_SEED for i in items):
+        raise DataError(f"--seeds {text!r}: expected comma-separated integers from 0 to {MAX_SEED}")
+    return [int(i) for i in items]
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from stethoedge.runtime.outputs import check_output, files_under
     from stethoedge.train.generators import create
@@ -195,7 +205,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     kinds = _csv(args.kinds)
     per_kind = _kind_overrides(args.set, kinds)
     cfg = ExperimentConfig(
-        data=args.data, out=args.out, kinds=kinds, seeds=[int(s) for s in _csv(args.seeds)],
+        data=args.data, out=args.out, kinds=kinds, seeds=_seeds(args.seeds),
         preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, n=args.n, mode=args.mode,
         gen_classes=parse_classes(_csv(args.classes)) if args.classes else None, n_mels=args.n_mels,
         n_frames=args.n_frames, gen_steps=args.gen_steps, vocoder_steps=args.vocoder_steps,

@@ -138,8 +138,8 @@ def register(add: AddCommand) -> None:
     p.add_argument("--patients", type=bounded_int(1, 10_000), default=16,
                    help="number of simulated patients (default 16)")
     p.add_argument("--recordings", type=bounded_int(1, 1000), default=3, help="recordings per patient (default 3)")
-    p.add_argument("--duration", type=bounded_float(1.0, 3600.0), default=20.0,
-                   help="seconds per recording; the simulator takes 8 to 600, a few breaths at least (default 20)")
+    p.add_argument("--duration", type=bounded_float(8.0, 600.0), default=20.0,
+                   help="seconds per recording, a few breaths at least (default 20)")
     p.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0,
                    help="random seed; same seed, same bytes (default 0)")
 

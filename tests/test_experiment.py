@@ -105,6 +105,7 @@ def test_small_cpu_configuration_shows_progress_and_honours_sizes(sim_data: Path
     (["--set", "ddpm.latent=8"], "ddpm is not in --kinds"),
     (["--set", "vae.no_such_field=1"], "vae: bad configuration"),
     (["--n-mels", "20"], "n_mels 20 must be divisible by"),
+    (["--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
 ])
 def test_bad_sizes_are_refused_before_any_training(sim_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                    flags: list[str], message: str) -> None:

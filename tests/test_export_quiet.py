@@ -69,3 +69,25 @@ def test_filter_drops_exactly_the_noise(capfd: pytest.CaptureFixture) -> None:
         for line in noise:
             os.write(2, line)
     assert capfd.readouterr().err.encode() == b"".join(noise)
+
+
+def test_litert_banner_is_not_in_classify_output_but_shows_with_verbose(tmp_path):
+    """LiteRT prints 'INFO: Created TensorFlow Lite XNNPACK delegate' on fd 2 when it opens: classify drops it
+    (runtime/native_noise.py), ``-v`` keeps it, and real stderr lines around it still pass."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import soundfile as sf
+
+    pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (extra [tflite])")
+    wav = tmp_path / "tone.wav"
+    t = np.arange(3 * 16000) / 16000
+    sf.write(str(wav), 0.3 * np.sin(2 * np.pi * 300 * t) + 0.01 * np.random.default_rng(0).standard_normal(t.size), 16000)
+    base = [sys.executable, "-m", "stethoedge"]
+    quiet = subprocess.run([*base, "classify", str(wav), "--backend", "litert"], capture_output=True, text=True, timeout=300)
+    loud = subprocess.run([*base, "-v", "classify", str(wav), "--backend", "litert"], capture_output=True, text=True,
+                          timeout=300)
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "XNNPACK" not in quiet.stderr and "XNNPACK" in loud.stderr
+    assert quiet.stdout.strip() and "Traceback" not in quiet.stderr

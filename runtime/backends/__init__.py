@@ -40,8 +40,10 @@ def open_backend(bundle: Bundle, artifact: str | None = None, backend: str = "au
         opened = OnnxRuntimeBackend(bundle, art, threads=threads)
     elif name == "litert":
         from stethoedge.runtime.backends.litert_backend import LiteRTBackend
+        from stethoedge.runtime.native_noise import quiet_native_stderr
 
-        opened = LiteRTBackend(bundle, art, threads=threads)
+        with quiet_native_stderr():  # LiteRT prints an XNNPACK banner on fd 2 as it opens
+            opened = LiteRTBackend(bundle, art, threads=threads)
     else:
         from stethoedge.runtime.backends.tensorrt_backend import TensorRTBackend
 

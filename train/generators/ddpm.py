@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stethoedge.train.generators.base import GeneratorConfig, MelGenerator, conv_out, from_image, to_image
+from stethoedge.train.progress import progress_bar
 
 
 @dataclass
@@ -171,7 +172,7 @@ class DDPMGenerator(MelGenerator):
         x = torch.randn(len(labels), 1, c.n_mels, c.n_frames, generator=gen, device=self.device)
         ab = self.alpha_bar.to(self.device)
         steps = ddim_timesteps(c.timesteps, c.ddim_steps)
-        for i, t in enumerate(steps):
+        for i, t in enumerate(progress_bar(steps, desc=f"sample ddpm {len(labels)}", unit="step", leave=False)):
             ab_t = ab[t].float()
             ab_prev = ab[steps[i + 1]].float() if i + 1 < len(steps) else torch.tensor(1.0, device=self.device)
             eps = self.unet(x, torch.full((len(labels),), t, device=self.device, dtype=torch.int64), labels)
