@@ -57,6 +57,7 @@ EXPORT = [
 ] + TFLITE
 # atheris: coverage-guided fuzzing of the parsers (benchmarks/fuzz_*.py, tests/test_fuzzers.py).
 FUZZ = ["atheris>=2.3"]
+REPORT = ["matplotlib>=3.7"]  # the exam's HTML/PNG report (stethoedge exam --html/--png); not in the runtime extra
 DEV = ["pytest>=8", "hypothesis>=6.100", "kaldi-native-fbank>=1.20"] + FUZZ
 
 setup(
@@ -82,7 +83,8 @@ setup(
         "export": EXPORT + TRAIN + RUNTIME,
         "dev": DEV,
         "fuzz": FUZZ,
-        "all": sorted(set(RUNTIME + TRAIN + EXPORT + TFLITE + DEV)),
+        "report": REPORT,
+        "all": sorted(set(RUNTIME + TRAIN + EXPORT + TFLITE + DEV + REPORT)),
     },
     entry_points={"console_scripts": ["stethoedge=stethoedge.cli:main"]},
 )

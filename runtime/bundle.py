@@ -9,6 +9,10 @@ Layout::
     BUNDLE/manifest.json    schema, feature spec, labels, input/output, artifacts (+ sha256), versions
     BUNDLE/selftest.npz     audio (k, window_samples), features (k, frames, mels), logits (k, classes)
     BUNDLE/<artifact files> model.onnx, model.int8.onnx, ...
+    BUNDLE/quality.npz      optional signal-quality gate (manifest "quality": file + sha256; runtime/quality.py)
+
+Optional manifest section "confidence" (runtime/confidence.py): temperature + abstention threshold.
+Bundles without these sections load unchanged (no abstention, quality "unchecked").
 """
 from __future__ import annotations
 
@@ -16,15 +20,17 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stethoedge.runtime.confidence import Calibration, validate_confidence
 from stethoedge.runtime.errors import BundleError
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.outputs import atomic_write_text  # noqa: F401  (re-exported: export/ and train/ import it here)
+from stethoedge.runtime.quality import QualityGate
 
 SCHEMA = "stethoedge.bundle"
 SCHEMA_VERSION = 2
@@ -105,6 +111,10 @@ class Bundle:
     labels: tuple[str, ...]
     artifacts: dict[str, Artifact]
     selftest: SelfTest
+    #: calibrated confidence + abstention (manifest "confidence"; identity when absent)
+    calibration: Calibration = field(default_factory=Calibration)
+    #: signal-quality gate (manifest "quality"; None: windows are "unchecked")
+    quality: QualityGate | None = None
 
     def artifact(self, name: str | None = None, allow_failed: bool = False) -> Artifact:
         """The named artifact (default: the manifest's default); refuses failed ones unless allowed."""
@@ -210,6 +220,13 @@ def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> None:
         if not (isinstance(ref, dict) and isinstance(ref.get("file"), str) and _is_sha256(ref.get("sha256"))):
             raise BundleError(f"{where}: {key} must name a file and its sha256 (64 hex digits)")
         _check_file_name(ref["file"], f"{where}: {key} file")
+    if manifest.get("confidence") is not None:
+        validate_confidence(manifest["confidence"], where)
+    quality = manifest.get("quality")
+    if quality is not None:
+        if not (isinstance(quality, dict) and isinstance(quality.get("file"), str) and _is_sha256(quality.get("sha256"))):
+            raise BundleError(f"{where}: quality must name a file and its sha256 (64 hex digits)")
+        _check_file_name(quality["file"], f"{where}: quality file")
     try:
         FeatureSpec.from_dict(manifest["feature_spec"])
     except BundleError as exc:
@@ -330,7 +347,12 @@ def load_bundle(path: str | os.PathLike, require_signature: str | os.PathLike | 
     for key in OPTIONAL_FILES:  # read only by build-engine, which checks them; here: never outside the bundle
         if manifest.get(key) is not None:
             _inside(root, manifest[key]["file"])
-    return Bundle(root, manifest, spec, labels, artifacts, selftest)
+    calibration = Calibration.from_manifest(manifest)
+    quality = None
+    if manifest.get("quality") is not None:
+        ref = manifest["quality"]
+        quality = QualityGate.from_file(_verify_file(root, ref["file"], ref["sha256"]))
+    return Bundle(root, manifest, spec, labels, artifacts, selftest, calibration, quality)
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:

@@ -15,7 +15,7 @@ from stethoedge.runtime.features import compute_features
 from stethoedge.runtime.recorder import RotatingRecorder
 from stethoedge.runtime.smoothing import SmoothingConfig
 from stethoedge.runtime.sources import AudioSource
-from stethoedge.runtime.stream import MIN_AUDIO_SECONDS, StreamConfig, StreamEngine
+from stethoedge.runtime.stream import MIN_AUDIO_SECONDS, Decision, StreamConfig, StreamEngine, decide
 
 __all__ = ["Classifier", "WindowResult", "softmax", "MIN_AUDIO_SECONDS"]
 
@@ -44,6 +44,15 @@ class WindowResult:
     skipped_before: int = 0  # windows skipped just before this one because inference was behind
     wall_time: float | None = None  # time.time() when the decision was made
     warnings: list[str] = field(default_factory=list)  # about this window (digital silence: the label means nothing)
+    # The decision vs the model: ``label`` is the DECISION (the model's class, "poor_quality" when the bundle's
+    # signal-quality gate rejects the window, "uncertain" when the calibrated confidence is below the bundle's
+    # abstain_below); ``model_label`` is always the model's argmax class. ``probabilities``/``confidence`` are
+    # calibrated (softmax(logits / T)). Bundles without the sections: quality "unchecked", never abstains.
+    model_label: str | None = None
+    quality: str = "unchecked"  # "unchecked", "ok" or a runtime.quality.QUALITY_REASONS reason
+    quality_score: float | None = None  # the gate's P(ok)
+    abstained: bool = False
+    abstain_reason: str | None = None  # "poor_quality" or "low_confidence"
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (stream times, probabilities, labels, latency, wall-clock time)."""
@@ -81,8 +90,13 @@ class Classifier:
         return cls(bundle, open_backend(bundle, artifact, backend, threads=threads, allow_failed=allow_degraded))
 
     def logits(self, window_audio: np.ndarray) -> np.ndarray:
-        """Logits (classes,) for one window of exactly ``spec.window_samples`` samples."""
+        """Raw (uncalibrated) logits (classes,) for one window of exactly ``spec.window_samples`` samples;
+        ``decide`` turns them into the calibrated, quality-gated decision."""
         return self.backend.run(compute_features(window_audio, self.spec)[None])[0]
+
+    def decide(self, window_audio: np.ndarray, available: int | None = None) -> Decision:
+        """The runtime's decision for one window: calibrated probabilities, quality gate, abstention."""
+        return decide(self.bundle, self.logits(window_audio), window_audio, available)
 
     def classify(self, source: AudioSource, hop_s: float = 2.0, min_s: float = 2.0,
                  smoothing: SmoothingConfig | None = None, recorder: RotatingRecorder | None = None,

@@ -8,6 +8,13 @@ only the newest window is classified and the others are counted as skipped: capt
 dropped for it. A non-live source (a file) is read on the worker's own thread, so it is
 decoded only as fast as the model keeps up and nothing is skipped. ``classify`` and ``listen``
 both run through ``StreamEngine.run``.
+
+Every window's decision goes through ``decide`` (whatever the backend): probabilities calibrated
+with the bundle's temperature, its signal-quality gate, and abstention. A rejected window is
+labelled ``"poor_quality"`` and is NOT fed to the decision smoother (its smoothed label repeats the
+last usable one); a window below ``abstain_below`` is labelled ``"uncertain"`` and still feeds the
+smoother. Both are counted in ``StreamStats`` (``abstained``, ``poor_quality``, ``uncertain``) and
+still yield a record.
 """
 from __future__ import annotations
 
@@ -67,6 +74,9 @@ class StreamStats:
     ring_underflows: int = 0
     ring_high_water: int = 0
     backend_errors: int = 0  # windows whose inference failed (skipped, reported, the stream went on)
+    abstained: int = 0  # windows whose label is "uncertain" or "poor_quality" (each still has a record)
+    poor_quality: int = 0  # windows the signal-quality gate rejected (label "poor_quality")
+    uncertain: int = 0  # windows below the bundle's abstain_below calibrated confidence (label "uncertain")
     frames_computed: int = 0
     frames_reused: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=100_000), repr=False)
@@ -96,6 +106,7 @@ class StreamEngine:
         self.stats = StreamStats()
         self._stop = threading.Event()
         self._consecutive_errors = 0
+        self._last_smoothed: tuple[str, float] | None = None
         if self.config.hop_s <= 0:
             raise ValueError(f"hop must be positive, got {self.config.hop_s} s")
 
@@ -114,6 +125,7 @@ class StreamEngine:
         windower = SlidingWindower(spec.window_samples, int(round(cfg.hop_s * rate)), int(round(min_s * rate)))
         features = IncrementalFeatures(spec) if cfg.incremental else None
         smoother = DecisionSmoother(self.clf.bundle.labels, cfg.smoothing)
+        self._last_smoothed: tuple[str, float] | None = None
         live = bool(getattr(source, "live", True))
         threaded = live if cfg.threaded is None else cfg.threaded
         # The newest due window always ends less than a hop before the newest audio: never skipped.
@@ -224,11 +236,12 @@ class StreamEngine:
 
     def _decide(self, window: Window, features: IncrementalFeatures | None, smoother: DecisionSmoother,
                 skipped: int) -> WindowResult:
-        from stethoedge.runtime.engine import WindowResult, softmax
+        from stethoedge.runtime.engine import WindowResult
 
         spec, labels = self.clf.spec, self.clf.bundle.labels
         if window.after_gap:
             smoother.reset()
+            self._last_smoothed = None
             if features is not None:
                 features.reset()
         t0 = time.perf_counter()
@@ -238,23 +251,75 @@ class StreamEngine:
             from stethoedge.runtime.features import compute_features
 
             x = compute_features(window.audio, spec)
-        probs = softmax(self.clf.backend.run(x[None])[0].astype(np.float64))
+        logits = self.clf.backend.run(x[None])[0]
         latency_ms = (time.perf_counter() - t0) * 1000.0
+        decision = decide(self.clf.bundle, logits, window.audio, window.available)
+        probs = decision.probabilities
         warnings = window_warnings(window.audio)
-        smoothed_label, smoothed = smoother.update(probs)
-        k = int(np.argmax(probs))
+        # Poor-quality windows do not feed the smoother (their probabilities describe the artefact, not the
+        # chest); their smoothed label repeats the last smoothed decision (None before any usable window).
+        if decision.quality in ("ok", "unchecked"):
+            smoothed_label, smoothed = smoother.update(probs)
+            self._last_smoothed = (smoothed_label, float(smoothed[labels.index(smoothed_label)]))
+        smoothed_label, smoothed_conf = self._last_smoothed or (None, None)
         self.stats.windows += 1
+        self.stats.abstained += decision.abstained
+        self.stats.poor_quality += decision.label == POOR_QUALITY
+        self.stats.uncertain += decision.label == UNCERTAIN
         self.stats.latencies_ms.append(latency_ms)
         rate = spec.sample_rate
         return WindowResult(
             start_s=(window.end_sample - window.available) / rate, end_s=window.end_sample / rate,
             padded=window.available < spec.window_samples, after_gap=window.after_gap,
-            label=labels[k], confidence=float(probs[k]),
+            label=decision.label, confidence=decision.confidence,
             probabilities={name: float(p) for name, p in zip(labels, probs)},
-            latency_ms=latency_ms, smoothed_label=smoothed_label,
-            smoothed_confidence=float(smoothed[labels.index(smoothed_label)]),
+            latency_ms=latency_ms, smoothed_label=smoothed_label, smoothed_confidence=smoothed_conf,
             skipped_before=skipped, wall_time=time.time(), warnings=warnings,
+            model_label=decision.model_label, quality=decision.quality, quality_score=decision.quality_score,
+            abstained=decision.abstained, abstain_reason=decision.abstain_reason,
         )
+
+
+#: Decision labels that are not classes of the model (abstentions).
+POOR_QUALITY = "poor_quality"
+UNCERTAIN = "uncertain"
+
+
+@dataclass
+class Decision:
+    """What the runtime decides for one window from its logits and audio (every backend goes through here)."""
+
+    label: str  # the model's class, POOR_QUALITY or UNCERTAIN
+    model_label: str  # argmax of the calibrated probabilities
+    confidence: float  # calibrated probability of model_label
+    probabilities: np.ndarray  # calibrated, softmax(logits / T)
+    quality: str  # "unchecked" (no gate in the bundle), "ok" or a QUALITY_REASONS reason
+    quality_score: float | None  # the gate's P(ok)
+    abstained: bool
+    abstain_reason: str | None  # "poor_quality" or "low_confidence"
+
+
+def decide(bundle: Any, logits: np.ndarray, audio: np.ndarray | None = None, available: int | None = None) -> Decision:
+    """Calibrate ``logits`` with the bundle's temperature, run its quality gate on ``audio`` (when both exist)
+    and abstain: ``poor_quality`` when the gate rejects the window, else ``uncertain`` when the calibrated
+    confidence is below ``abstain_below``. Bundles without those sections: plain softmax, never abstains."""
+    from stethoedge.runtime.confidence import Calibration
+
+    calibration = getattr(bundle, "calibration", None) or Calibration()
+    probs = calibration.probabilities(np.asarray(logits, dtype=np.float64))
+    k = int(np.argmax(probs))
+    model_label = bundle.labels[k]
+    quality, score = "unchecked", None
+    gate = getattr(bundle, "quality", None)
+    if gate is not None and audio is not None:
+        verdict = gate.assess(audio, available)
+        quality, score = verdict.reason, float(verdict.score)
+    label, reason = model_label, None
+    if quality not in ("ok", "unchecked"):
+        label, reason = POOR_QUALITY, "poor_quality"
+    elif calibration.abstains(probs):
+        label, reason = UNCERTAIN, "low_confidence"
+    return Decision(label, model_label, float(probs[k]), probs, quality, score, reason is not None, reason)
 
 
 def window_warnings(audio: np.ndarray) -> list[str]:

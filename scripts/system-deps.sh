@@ -7,6 +7,7 @@
 #                            live capture through a private PulseAudio daemon (tests/test_capture.py,
 #                            and `stethoedge devices` in tests/test_cli.py)
 #   espeak-ng                a spoken clip for the AudioSet-weights check (tests/test_efficientat_model.py)
+#   chromium                 renders the exam HTML report in a real headless browser (tests/test_report_browser.py)
 #
 # Installs the missing ones with apt-get when apt-get exists and we are root (or sudo works without a
 # password); otherwise, or when the install fails (offline), prints exactly which tests will skip and why.
@@ -25,8 +26,9 @@ declare -A WHY=(
   [pulseaudio-utils]="no pactl/paplay: the live-capture tests skip (tests/test_capture.py)"
   [libasound2-plugins]="no ALSA pulse plugin: the live-capture tests skip (tests/test_capture.py)"
   [espeak-ng]="no espeak-ng: the spoken-clip AudioSet-weights check skips (tests/test_efficientat_model.py)"
+  [chromium]="no chromium: the headless-browser checks of the exam report skip (tests/test_report_browser.py)"
 )
-PACKAGES=(gcc libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins espeak-ng)
+PACKAGES=(gcc libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins espeak-ng chromium)
 
 present() {  # is package $1 (or, for gcc, any C compiler) here?
   case "$1" in
@@ -40,6 +42,7 @@ present() {  # is package $1 (or, for gcc, any C compiler) here?
            pulseaudio-utils) command -v pactl >/dev/null 2>&1 ;;
            libasound2-plugins) ls /usr/share/alsa/alsa.conf.d/*pulse* >/dev/null 2>&1 ;;
            espeak-ng) command -v espeak-ng >/dev/null 2>&1 ;;
+           chromium) command -v chromium >/dev/null 2>&1 ;;
          esac
        fi ;;
   esac

@@ -40,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    from stethoedge import cli_export, cli_generate, cli_runtime, cli_train
+    from stethoedge import cli_exam, cli_export, cli_generate, cli_runtime, cli_train
 
-    for module in (cli_train, cli_generate, cli_export, cli_runtime):
+    for module in (cli_train, cli_generate, cli_export, cli_runtime, cli_exam):
         module.register(add)
 
     p = add("demo", cmd_demo, "End to end: the shipped model on real recordings, then simulate -> retrain the "
@@ -56,9 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. ../shared/weights/efficientat_mn04_as.pt); needed from step 3 on (default: none)")
     p.add_argument("--epochs", type=bounded_int(1, 1000), default=6,
                    help="epochs of the retraining, 1024 sampled windows each (default 6, 1-1000)")
-    p.add_argument("--patients", type=bounded_int(4, 10000), default=20,
-                   help="simulated patients to retrain on, 3 recordings of 20 s each; at least 5 "
-                   "(default 20, 4-10000)")
+    p.add_argument("--patients", type=bounded_int(5, 10000), default=20,
+                   help="simulated patients to retrain on, 3 recordings of 20 s each (default 20)")
 
     try:
         from stethoedge.firmware_bridge.cli import add_bridge_parser

@@ -1,4 +1,4 @@
-"""Export-side subcommands: export, bench, keygen, sign, verify, build-engine."""
+"""Export-side subcommands: export, bundle-update, bench, keygen, sign, verify, build-engine."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle_update(args: argparse.Namespace) -> int:
+    """Add/replace a bundle's calibrated-confidence and quality-gate sections (runtime/bundle_update.py)."""
+    from stethoedge.runtime.bundle_update import read_confidence, update_bundle
+    from stethoedge.runtime.errors import StethoedgeError
+
+    if (args.out is None) == (not args.in_place):
+        raise StethoedgeError("bundle-update needs exactly one of --out DIR or --in-place")
+    if args.confidence is None and args.quality is None and not args.remove:
+        raise StethoedgeError("nothing to do: give --confidence, --quality or --remove")
+    confidence = read_confidence(args.confidence) if args.confidence else None
+    dest = update_bundle(args.bundle, args.out, confidence=confidence, quality=args.quality,
+                         remove=tuple(args.remove or ()), drop_signature=args.drop_signature, force=args.force)
+    print(f"bundle updated: {dest} (verified, self-test passed)")
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from stethoedge.runtime.signing import generate_keypair
 
@@ -120,6 +136,22 @@ def register(add: AddCommand) -> None:
     p.add_argument("--allow-degraded", action="store_true",
                    help="write the bundle even if every artifact fails the gate (default: refuse)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory (default: refuse)")
+
+    p = add("bundle-update", cmd_bundle_update, "Add or replace a bundle's calibrated confidence / abstention "
+            "and signal-quality gate; the result is verified and self-tested before it is installed.")
+    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--confidence", default=None, metavar="REPORT.json",
+                   help="report of `python -m stethoedge.train.confidence` (its manifest_section) or a bare "
+                        "confidence section (default: keep the bundle's)")
+    p.add_argument("--quality", default=None, metavar="GATE.npz",
+                   help="quality gate from `python -m stethoedge.train.quality` (.npz or .json) (default: keep)")
+    p.add_argument("--remove", action="append", choices=["confidence", "quality"], default=None,
+                   help="drop a section (repeatable) (default: none)")
+    p.add_argument("--out", default=None, help="write the updated bundle here (default: none; see --in-place)")
+    p.add_argument("--in-place", action="store_true", help="replace BUNDLE itself, atomically, once verified")
+    p.add_argument("--drop-signature", action="store_true",
+                   help="allow updating a signed bundle; its manifest.sig is dropped (sign the result again)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory (default: refuse)")
 
     p = add("bench", cmd_bench, "Benchmark every artifact of a bundle (features + inference per 8 s window).")
     p.add_argument("bundle", help="bundle directory from `stethoedge export`")

@@ -19,7 +19,16 @@ def _format_result(r) -> str:
     flags += f" skipped={r.skipped_before}" if r.skipped_before else ""
     smoothed = f" [{r.smoothed_label}]" if r.smoothed_label and r.smoothed_label != r.label else ""
     flags += "".join(f" ({w})" for w in getattr(r, "warnings", ()))
+    if getattr(r, "abstained", False):  # the decision is an abstention: say what the model would have said, and why
+        why = f"quality {r.quality}" if r.label == "poor_quality" else "low confidence"
+        flags += f" (abstained: {why}; model {r.model_label})"
     return f"{r.start_s:8.2f}-{r.end_s:<8.2f} {r.label:<8} {r.confidence:5.2f}  {probs}{smoothed}{flags}"
+
+
+def _abstention_summary(stats) -> str:
+    """One line: windows, abstentions (poor quality / uncertain), for the classify and listen summaries."""
+    return (f"# {stats.windows} window(s): {stats.windows - stats.abstained} decided, {stats.abstained} abstained "
+            f"({stats.poor_quality} poor quality, {stats.uncertain} uncertain)")
 
 
 def _record(r, source) -> dict[str, Any]:
@@ -149,6 +158,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             recorder.close()
         if jsonl is not None:
             jsonl.close() if finished else jsonl.abort()  # a failed run publishes no half JSON-lines file
+    print(_abstention_summary(engine.stats), file=sys.stderr if to_stdout else sys.stdout, flush=True)
     for warning in source.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if recorder is not None and recorder.error:
@@ -248,9 +258,20 @@ def cmd_listen(args: argparse.Namespace) -> int:
     engine = _engine(clf, args, recorder, threaded=True)
     jsonl = JsonlWriter(args.jsonl) if args.jsonl else None
     def send_back(r) -> None:  # the bridge shows each decision on the stethoscope (RESULT frame)
-        source.send_result(clf.bundle.labels.index(r.label), r.confidence, r.end_s)
+        # An abstention ("uncertain", "poor_quality") is no class of the model: the frame carries the model's
+        # class with confidence 0, which the device shows as "no decision".
+        model = r.model_label or r.label
+        source.send_result(clf.bundle.labels.index(model), 0.0 if r.abstained else r.confidence, r.end_s)
 
-    on_result = send_back if args.bridge else None
+    from stethoedge.runtime.exam import quality_hint
+
+    def on_result(r) -> None:  # the signal's state first, live, before the window's label (issue 14)
+        hint = quality_hint(r)
+        if hint is not None:
+            print(f"! {hint}", file=sys.stderr if args.jsonl == "-" else sys.stdout, flush=True)
+        if args.bridge:
+            send_back(r)
+
     print(f"# listening on {what}; artifact {clf.backend.artifact.name} on {clf.backend.name}", flush=True)
     try:
         _run_stream(engine, source, jsonl, on_result, keep_going=True)
@@ -262,6 +283,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
                 recorder.close()
             if jsonl is not None:
                 jsonl.close()
+    print(_abstention_summary(engine.stats), flush=True)
     s = engine.stats.as_dict()
     print("# stream: " + ", ".join(f"{k}={round(v, 2) if isinstance(v, float) else v}" for k, v in s.items()), flush=True)
     if args.bridge:

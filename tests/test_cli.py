@@ -40,7 +40,10 @@ def test_classify_real_icbhi_recording(bundle_dir: Path, icbhi_dir: Path, tmp_pa
     for r in records:
         assert r["label"] in ("normal", "crackle", "wheeze", "both")
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-    assert proc.stdout.count("\n") == len(records) + 2
+    assert proc.stdout.count("\n") == len(records) + 3  # 2 header lines, one per window, the abstention summary
+    assert proc.stdout.rstrip("\n").endswith(f"# {len(records)} window(s): {len(records)} decided, 0 abstained "
+                                              "(0 poor quality, 0 uncertain)")
+    assert all(r["quality"] == "unchecked" and r["abstained"] is False and r["model_label"] == r["label"] for r in records)
 
 
 def test_classify_4khz_stethoscope_file(bundle_dir: Path, icbhi_dir: Path):
