@@ -47,6 +47,7 @@ TRAIN = [
     # Pretrained AST directories (config.json + weights) and LoRA; both read LOCAL files only.
     "transformers==5.23.0",
     "peft==0.21.2",
+    "tomli>=2; python_version < '3.11'",  # recipes (.toml) on 3.10 (JetPack 6); 3.11+ has tomllib
 ]
 TFLITE = ["ai-edge-litert>=2.0"]
 EXPORT = [
@@ -58,7 +59,8 @@ EXPORT = [
 # atheris: coverage-guided fuzzing of the parsers (benchmarks/fuzz_*.py, tests/test_fuzzers.py).
 FUZZ = ["atheris>=2.3"]
 REPORT = ["matplotlib>=3.7"]  # the exam's HTML/PNG report (stethoedge exam --html/--png); not in the runtime extra
-DEV = ["pytest>=8", "hypothesis>=6.100", "kaldi-native-fbank>=1.20"] + FUZZ
+# vermin: tests/test_python_floor.py checks the code against python_requires (3.10).
+DEV = ["pytest>=8", "hypothesis>=6.100", "kaldi-native-fbank>=1.20", "vermin>=1.6"] + FUZZ
 
 setup(
     name="stethoedge",

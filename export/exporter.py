@@ -4,8 +4,10 @@ Artifacts (export/formats.py): ONNX fp32 / fp16 / int8-dynamic / int8-static (QD
 MatMul/Conv/Gemm) and TFLite fp32 / fp16 / int8-dynamic / int8 through litert-torch. Static INT8
 is calibrated on ONE representative set (class-balanced windows of the run's training split,
 calibration/representative_set.py). Every artifact is run by its real runtime (ONNX Runtime,
-the LiteRT interpreter) on held-out test-split windows and gated against PyTorch
-(export/verify.py); the bundle's self-test vector lets every device re-check at start-up.
+the LiteRT interpreter) on the run's VALIDATION-split windows and gated against PyTorch
+(export/verify.py); the gate decides which artifacts pass and so the default artifact. The test
+split is only measured and reported (``verification.report_test``): choosing on it would make the
+reported test figures optimistic. The bundle's self-test vector lets every device re-check at start-up.
 TensorRT engines are built on the target from the bundle (export/tensorrt_build.py).
 """
 from __future__ import annotations
@@ -73,24 +75,48 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def heldout_windows(run: Path, spec, data: str | None, max_windows: int, seed: int) -> WindowSet:
-    """Balanced windows from the run's test split (validation if it has none): never trained on."""
+#: The split the gate runs on: it decides pass/fail and so the default artifact.
+GATE_SPLIT = "val"
+#: The split that is only measured and reported (``verification.report_test``), never used to choose.
+REPORT_SPLIT = "test"
+
+
+def _run_splits(run: Path, data: str | None) -> tuple[dict[str, Any], Path]:
+    """The run's splits.json (written by ``train`` and ``train-edge``) and its data directory."""
     splits_path = run / "splits.json"
     if not splits_path.is_file():
         raise DataError(f"{run}: no splits.json; is this a training run directory?")
     splits = json.loads(splits_path.read_text())
-    root = Path(data or splits["data"])
+    where = data or splits.get("data")
+    if not where:
+        raise DataError(f"{run}: splits.json names no data directory; pass --data DIR")
+    root = Path(where)
     if not root.is_dir():
         raise DataError(f"{root}: the run's data directory is gone; pass --data DIR")
-    for split in ("test", "val"):
-        stems = set(splits.get(split, []))
-        recs = [r for r in list_recordings(root) if r.stem in stems]
-        if recs:
-            ws = build_window_set(recs, spec, max_windows=max_windows, seed=seed, purpose=f"verification ({split} split)")
-            ws.provenance["split"] = split
-            ws.provenance["data"] = root.resolve().name  # the dataset folder, not this machine's path
-            return ws
-    raise DataError(f"{root}: none of the run's test or validation recordings were found")
+    return splits, root
+
+
+def split_windows(run: Path, spec, data: str | None, split: str, max_windows: int, seed: int) -> WindowSet | None:
+    """Class-balanced windows of the run's ``split`` recordings (None when none of them is found)."""
+    splits, root = _run_splits(run, data)
+    stems = set(splits.get(split) or [])
+    recs = [r for r in list_recordings(root) if r.stem in stems]
+    if not recs:
+        return None
+    role = "gate" if split == GATE_SPLIT else "reported only, never gates"
+    ws = build_window_set(recs, spec, max_windows=max_windows, seed=seed, purpose=f"verification ({split} split, {role})")
+    ws.provenance["split"] = split
+    ws.provenance["data"] = root.resolve().name  # the dataset folder, not this machine's path
+    return ws
+
+
+def heldout_windows(run: Path, spec, data: str | None, max_windows: int, seed: int) -> WindowSet:
+    """The gate's windows: the run's validation split (patients never trained on; never the test split)."""
+    ws = split_windows(run, spec, data, GATE_SPLIT, max_windows, seed)
+    if ws is None:
+        raise DataError(f"{run}: none of the run's validation recordings were found; the gate runs on the "
+                        "validation split (the test split is only reported, never used to choose an artifact)")
+    return ws
 
 
 def _build(kind: ArtifactKind, model: torch.nn.Module, tmp: Path, input_shape: tuple[int, int],
@@ -147,13 +173,20 @@ def artifact_runner(fmt: str, path: Path, threads: int | None = None) -> Callabl
 
 
 def _verify(kind: ArtifactKind, path: Path, features: np.ndarray, reference: np.ndarray, labels: np.ndarray,
-            chosen: np.ndarray, gate: Gate) -> dict[str, Any]:
+            chosen: np.ndarray, gate: Gate,
+            report: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Gate on the validation windows; measure (never gate) on ``report`` = test (features, reference, labels)."""
     run_fn = artifact_runner(kind.format, path)
     result = verify_artifact(run_fn, features, reference, labels, gate)
+    result["gated_on"] = GATE_SPLIT
     st_logits = run_fn(features[chosen])
     st_diff = float(np.max(np.abs(st_logits - reference[chosen])))
     result["selftest_max_logit_diff"] = st_diff
     result["selftest_top1_ok"] = bool(np.all(st_logits.argmax(1) == reference[chosen].argmax(1)))
+    if report is not None:
+        measured = verify_artifact(run_fn, *report, gate)
+        result["report_test"] = {"split": REPORT_SPLIT, "gates": False,
+                                 **{k: v for k, v in measured.items() if k not in ("passed", "gate")}}
     return result
 
 
@@ -190,8 +223,12 @@ def _save_calibration(tmp: Path, rep: WindowSet, keep: int) -> dict[str, Any]:
 def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None = None, max_windows: int = 64,
                selftest_windows: int = 4, gate: Gate = Gate(), allow_degraded: bool = False, force: bool = False,
                seed: int = 0, formats: str | list[str] | None = None, calibration_windows: int = 300,
-               bundle_calibration_windows: int = 32, calibration_set: str | os.PathLike | None = None) -> ExportResult:
+               bundle_calibration_windows: int = 32, calibration_set: str | os.PathLike | None = None,
+               report_windows: int | None = None) -> ExportResult:
     """Export a run's checkpoint to a verified bundle at ``out``.
+
+    The gate runs on ``max_windows`` validation-split windows; ``report_windows`` test-split windows
+    (default ``max_windows``; 0: none) are measured and reported only.
 
     ``formats``: artifact names (or "all", the default: everything this machine can build).
     Static INT8 artifacts are calibrated on ``calibration_set`` (a saved WindowSet) or on
@@ -206,10 +243,19 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
     ckpt = load_checkpoint(run)
     spec = ckpt.spec
     held = heldout_windows(run, spec, data, max_windows, seed)
-    # Reference = PyTorch on the training-side (torch) features of the held-out audio.
-    torch_features = fbank_batches(held.audio, spec).numpy()
-    with torch.no_grad():
-        reference = ckpt.model(torch.from_numpy(torch_features)).numpy().astype(np.float64)
+    n_report = max_windows if report_windows is None else report_windows
+    reported = split_windows(run, spec, data, REPORT_SPLIT, n_report, seed) if n_report > 0 else None
+    if reported is not None and set(reported.provenance["recordings"]) & set(held.provenance["recordings"]):
+        raise DataError("the run's validation and test splits share recordings; the gate would see test audio")
+
+    def reference_of(ws: WindowSet) -> tuple[np.ndarray, np.ndarray]:
+        """PyTorch on the training-side (torch) features of ``ws``'s audio: (features, logits)."""
+        feats = fbank_batches(ws.audio, spec).numpy()
+        with torch.no_grad():
+            return feats, ckpt.model(torch.from_numpy(feats)).numpy().astype(np.float64)
+
+    torch_features, reference = reference_of(held)
+    report = (*reference_of(reported), reported.labels) if reported is not None else None
     chosen = pick_selftest(reference, selftest_windows)
     rep = None
     if any(KINDS[n].calibrated for n in names):
@@ -219,7 +265,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
             from stethoedge.calibration.representative_set import representative_set_for_run
 
             rep = representative_set_for_run(run, spec, data, calibration_windows, seed)
-        if set(rep.provenance.get("recordings", [])) & set(held.provenance.get("recordings", [])):
+        seen = set(held.provenance.get("recordings", [])) | set(reported.provenance["recordings"] if reported else [])
+        if set(rep.provenance.get("recordings", [])) & seen:
             raise DataError("the representative set shares recordings with the verification windows")
 
     tmp = temp_dir_beside(out)
@@ -235,7 +282,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
                 path = _build(kind, ckpt.model, tmp, spec.input_shape,
                               (rep.features, rep.labels) if rep is not None else None)
                 seconds = time.perf_counter() - t0
-                result = _verify(kind, path, torch_features, reference, held.labels, chosen, gate)
+                result = _verify(kind, path, torch_features, reference, held.labels, chosen, gate, report)
             except Exception as exc:  # a converter failing must not sink the other formats
                 log.debug("building %s failed:\n%s", name, traceback.format_exc())
                 reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
@@ -262,6 +309,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
                 + "; ".join(f"{a['name']}: agreement {a['verification']['top1_agreement']:.1%}" for a in artifacts)
                 + " (re-run with --allow-degraded to write it anyway)"
             )
+        # Chosen among artifacts that passed the VALIDATION gate; report_test never enters the choice.
         preference = ["onnx-int8-dynamic", "onnx-fp32", *KINDS]
         default = next((n for n in preference if n in passed), artifacts[0]["name"])
         manifest = {
@@ -276,9 +324,10 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
             # The run's folder name only: a shipped manifest must not carry the build machine's paths.
             "source": {"run": run.resolve().name, "checkpoint_epoch": ckpt.meta.get("epoch"),
                        "trained_on": ckpt.meta.get("trained_on"),
-                       "verification_set": held.provenance},
+                       "verification_set": held.provenance,
+                       **({"report_set": reported.provenance} if reported is not None else {})},
             "gate": {"min_agreement": gate.min_agreement, "max_score_drop": gate.max_score_drop,
-                     "allow_degraded": allow_degraded},
+                     "allow_degraded": allow_degraded, "gated_on": GATE_SPLIT},
             "versions": _versions(),
         }
         if rep is not None and bundle_calibration_windows > 0:

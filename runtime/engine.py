@@ -1,9 +1,12 @@
-"""The classification engine: windows from a source -> features -> backend -> decisions."""
+"""The classification engine: a verified bundle on an opened backend -> decisions.
+
+``Classifier.streaming()`` is the push-mode core (runtime/streaming.py: feed samples, get decisions,
+no threads); ``Classifier.classify(source)`` runs the threaded stream engine (runtime/stream.py) over
+it. ``WindowResult`` and ``softmax`` live in runtime/results.py and are re-exported here.
+"""
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -13,53 +16,13 @@ from stethoedge.runtime.bundle import Bundle, load_bundle
 from stethoedge.runtime.errors import BundleError
 from stethoedge.runtime.features import compute_features
 from stethoedge.runtime.recorder import RotatingRecorder
+from stethoedge.runtime.results import Decision, WindowResult, decide, softmax
 from stethoedge.runtime.smoothing import SmoothingConfig
 from stethoedge.runtime.sources import AudioSource
-from stethoedge.runtime.stream import MIN_AUDIO_SECONDS, Decision, StreamConfig, StreamEngine, decide
+from stethoedge.runtime.stream import StreamConfig, StreamEngine
+from stethoedge.runtime.streaming import MIN_AUDIO_SECONDS, StreamingClassifier
 
-__all__ = ["Classifier", "WindowResult", "softmax", "MIN_AUDIO_SECONDS"]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-@dataclass
-class WindowResult:
-    """The decision for one window; ``to_json`` is the JSON-lines record."""
-
-    start_s: float  # stream time of the window's first real sample
-    end_s: float  # stream time just past its last sample
-    padded: bool  # fewer than 8 s of real audio, cyclically padded
-    after_gap: bool  # the stream lost samples just before this window
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    latency_ms: float  # features + inference
-    smoothed_label: str | None = None  # the label after decision smoothing (runtime/smoothing.py)
-    smoothed_confidence: float | None = None
-    skipped_before: int = 0  # windows skipped just before this one because inference was behind
-    wall_time: float | None = None  # time.time() when the decision was made
-    warnings: list[str] = field(default_factory=list)  # about this window (digital silence: the label means nothing)
-    # The decision vs the model: ``label`` is the DECISION (the model's class, "poor_quality" when the bundle's
-    # signal-quality gate rejects the window, "uncertain" when the calibrated confidence is below the bundle's
-    # abstain_below); ``model_label`` is always the model's argmax class. ``probabilities``/``confidence`` are
-    # calibrated (softmax(logits / T)). Bundles without the sections: quality "unchecked", never abstains.
-    model_label: str | None = None
-    quality: str = "unchecked"  # "unchecked", "ok" or a runtime.quality.QUALITY_REASONS reason
-    quality_score: float | None = None  # the gate's P(ok)
-    abstained: bool = False
-    abstain_reason: str | None = None  # "poor_quality" or "low_confidence"
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (stream times, probabilities, labels, latency, wall-clock time)."""
-        record = asdict(self)
-        if record["wall_time"] is None:
-            record["wall_time"] = time.time()
-        return record
+__all__ = ["Classifier", "WindowResult", "softmax", "MIN_AUDIO_SECONDS", "StreamingClassifier"]
 
 
 def _load(bundle_path: str | os.PathLike, require_signature: str | os.PathLike | None) -> Bundle:
@@ -97,6 +60,20 @@ class Classifier:
     def decide(self, window_audio: np.ndarray, available: int | None = None) -> Decision:
         """The runtime's decision for one window: calibrated probabilities, quality gate, abstention."""
         return decide(self.bundle, self.logits(window_audio), window_audio, available)
+
+    def streaming(self, hop_s: float = 2.0, min_s: float = 2.0, smoothing: SmoothingConfig | None = None, *,
+                  incremental: bool = True, max_backend_errors: int = 3,
+                  stats: Any | None = None) -> StreamingClassifier:
+        """A push-mode streaming core on this bundle and backend: ``feed(samples)`` chunk by chunk returns the
+        decisions of the windows that became due, ``flush()`` the last one when the stream ends, ``reset()``
+        starts a new stream. No threads; the same decisions as ``classify`` on the same audio.
+
+        ``hop_s``: seconds between windows; ``min_s``: audio before the first (padded) window;
+        ``smoothing``: decision smoothing (None: mean of 3 windows, as ``classify``)."""
+        return StreamingClassifier(self.backend.run, self.bundle.labels, self.spec, hop_s=hop_s, min_s=min_s,
+                                   smoothing=smoothing, calibration=getattr(self.bundle, "calibration", None),
+                                   gate=getattr(self.bundle, "quality", None), incremental=incremental,
+                                   max_backend_errors=max_backend_errors, stats=stats)
 
     def classify(self, source: AudioSource, hop_s: float = 2.0, min_s: float = 2.0,
                  smoothing: SmoothingConfig | None = None, recorder: RotatingRecorder | None = None,

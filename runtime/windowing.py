@@ -45,13 +45,23 @@ class SlidingWindower:
         self._filled = 0
         self._next_emit = self.min_samples
 
+    def mark_gap(self, lost: int = 0) -> None:
+        """The stream lost ``lost`` samples (0: an unknown number) here: the next window restarts after it."""
+        self.gaps += 1
+        self.samples_lost += lost
+        self._restart()
+        self._after_gap = True
+
+    def reset(self) -> None:
+        """Start a new stream at position 0 (the ``gaps`` / ``samples_lost`` counters are kept)."""
+        self._restart()
+        self._position = 0
+        self._after_gap = False
+
     def push(self, chunk: AudioChunk) -> Iterator[Window]:
         """Add a chunk; yield every window that became due inside it."""
         if chunk.gap_before > 0:
-            self.gaps += 1
-            self.samples_lost += chunk.gap_before
-            self._restart()
-            self._after_gap = True
+            self.mark_gap(chunk.gap_before)
         self._position = chunk.start_sample
         samples = np.asarray(chunk.samples, dtype=np.float32)
         offset = 0

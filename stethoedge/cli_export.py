@@ -20,7 +20,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                             gate=Gate(args.min_agreement, args.max_score_drop), allow_degraded=args.allow_degraded,
                             force=args.force, formats=args.formats, calibration_windows=args.calibration_windows,
                             bundle_calibration_windows=args.bundle_calibration_windows,
-                            calibration_set=args.calibration_set)
+                            calibration_set=args.calibration_set, report_windows=args.report_windows)
     print(result.report)
     print(f"bundle written to {result.bundle} (default artifact: {result.manifest['default_artifact']})")
     return 0
@@ -123,7 +123,11 @@ def register(add: AddCommand) -> None:
                         "(default: all this machine can build)")
     p.add_argument("--data", default=None,
                    help="dataset root, if it moved since training (default: the one in RUN/splits.json)")
-    p.add_argument("--windows", type=bounded_int(1, 100_000), default=64, help="held-out windows for verification (default 64)")
+    p.add_argument("--windows", type=bounded_int(1, 100_000), default=64,
+                   help="validation-split windows the gate verifies every artifact on (default 64)")
+    p.add_argument("--report-windows", type=bounded_int(0, 100_000), default=None,
+                   help="test-split windows measured for the report only, never for choosing (0: none) "
+                   "(default: as many as --windows)")
     p.add_argument("--calibration-windows", type=bounded_int(1, 100_000), default=300,
                    help="representative-set windows for static INT8 (default 300; fewer warns)")
     p.add_argument("--calibration-set", default=None,

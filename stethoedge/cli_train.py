@@ -5,6 +5,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from stethoedge.cli_common import AddCommand
 from stethoedge.cli_common import MAX_SEED, MAX_THREADS, bounded_float, bounded_int, bounded_int_list
@@ -29,12 +30,20 @@ _FLAG_FIELDS = ("data", "out", "preset", "epochs", "batch_size", "lr", "weight_d
                 "cache_dir", "device", "label_smoothing", "warmup_epochs")
 
 
+def _toml_module() -> Any:
+    """The TOML reader: ``tomllib`` (Python 3.11+) or its backport ``tomli`` on 3.10 (the train extra pins it)."""
+    try:
+        import tomllib  # novm: guarded, tomli below on 3.10
+    except ModuleNotFoundError:  # Python 3.10 (JetPack 6): same API, same TOMLDecodeError
+        import tomli as tomllib
+    return tomllib
+
+
 def load_config_file(path: str) -> dict:
     """Training options from a recipe (.toml, flat keys) or a run's config.json (its "train" table)."""
-    import tomllib
-
     from stethoedge.runtime.errors import DataError
 
+    toml = _toml_module()
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: no such config file")
@@ -43,8 +52,8 @@ def load_config_file(path: str) -> dict:
             values = json.loads(p.read_text())
             values = values.get("train", values)
         else:
-            values = tomllib.loads(p.read_text())
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
+            values = toml.loads(p.read_text())
+    except (ValueError, toml.TOMLDecodeError) as exc:
         raise DataError(f"{path}: not valid {'JSON' if p.suffix == '.json' else 'TOML'} ({exc})") from None
     if not isinstance(values, dict):
         raise DataError(f"{path}: expected a table of training options")

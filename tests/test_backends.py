@@ -178,3 +178,93 @@ def test_cli_build_engine_and_bad_formats_are_one_line_errors(bundle_dir: Path, 
     proc = cli("build-engine", copy, "--precision", "int8")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: TensorRT is not installed here") and proc.stderr.count("\n") == 1
+
+
+# ---- ONNX Runtime's TensorRT execution provider: engine + timing caches, FP16 when the artifact allows.
+# The provider-option construction and its wiring into InferenceSession are tested here; a real
+# TensorRT session needs a Jetson / NVIDIA GPU (untested on this CPU machine).
+SHA = "0123456789abcdef" + "f" * 48
+
+
+def test_tensorrt_cache_dir_follows_env_then_home(tmp_path: Path):
+    from stethoedge.runtime.backends.onnxruntime_backend import tensorrt_cache_dir
+
+    assert tensorrt_cache_dir(SHA, {"STETHOEDGE_CACHE": str(tmp_path / "c")}) == tmp_path / "c" / "ort-trt" / SHA[:16]
+    assert tensorrt_cache_dir(SHA, {"XDG_CACHE_HOME": str(tmp_path / "x")}) == tmp_path / "x" / "stethoedge" / "ort-trt" / SHA[:16]
+    assert tensorrt_cache_dir(SHA, {}, home=tmp_path) == tmp_path / ".cache" / "stethoedge" / "ort-trt" / SHA[:16]
+    assert tensorrt_cache_dir("f" * 64, {}, home=tmp_path) != tensorrt_cache_dir(SHA, {}, home=tmp_path)
+
+
+def test_tensorrt_provider_options_enable_both_caches_and_fp16_only_when_allowed(tmp_path: Path):
+    from stethoedge.runtime.backends.onnxruntime_backend import tensorrt_provider_options, wants_fp16
+
+    opts = tensorrt_provider_options(tmp_path, fp16=False)
+    assert opts == {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(tmp_path),
+                    "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(tmp_path),
+                    "trt_fp16_enable": "False"}
+    assert tensorrt_provider_options(tmp_path, fp16=True)["trt_fp16_enable"] == "True"
+    assert all(isinstance(v, str) for v in opts.values()), "the onnxruntime binding parses strings"
+    assert wants_fp16("fp16") and not wants_fp16("fp32") and not wants_fp16("int8-dynamic")
+    assert wants_fp16("fp32", {"ort_tensorrt": {"fp16": True}})
+    assert not wants_fp16("fp32", {"ort_tensorrt": {"fp16": "yes"}}) and not wants_fp16("fp32", {"ort_tensorrt": 1})
+
+
+class _FakeOrt:
+    """Just enough of the onnxruntime module to see what InferenceSession is given."""
+
+    def __init__(self, available: list[str], refuse_options: bool = False) -> None:
+        self.available, self.refuse_options, self.calls = available, refuse_options, []
+        fake = self
+
+        class SessionOptions:
+            pass
+
+        class InferenceSession:
+            def __init__(self, path: str, options: object, providers: list) -> None:
+                fake.calls.append(providers)
+                if fake.refuse_options and any(isinstance(p, tuple) for p in providers):
+                    raise RuntimeError("[ERROR] [TensorRT] Invalid TensorRT EP option: trt_timing_cache_path")
+                self.providers = [p if isinstance(p, str) else p[0] for p in providers]
+
+            def get_providers(self) -> list[str]:
+                return self.providers
+
+            def get_inputs(self) -> list:
+                return [type("Input", (), {"name": "features"})()]
+
+        self.SessionOptions, self.InferenceSession = SessionOptions, InferenceSession
+
+    def get_available_providers(self) -> list[str]:
+        return self.available
+
+
+def test_backend_hands_the_tensorrt_options_to_onnxruntime(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    import sys
+
+    from stethoedge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from stethoedge.models import default_bundle
+
+    bundle = load_bundle(default_bundle())
+    art = bundle.artifacts["onnx-fp32"]
+    monkeypatch.setenv("STETHOEDGE_CACHE", str(tmp_path / "cache"))
+    fake = _FakeOrt(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    backend = OnnxRuntimeBackend(bundle, art)
+    trt, *rest = fake.calls[-1]
+    cache = tmp_path / "cache" / "ort-trt" / art.sha256[:16]
+    assert trt == ("TensorrtExecutionProvider", {
+        "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache), "trt_fp16_enable": "False"})  # fp32 artifact, no manifest hint
+    assert rest == ["CUDAExecutionProvider", "CPUExecutionProvider"] and cache.is_dir()
+    assert backend.providers[0] == "TensorrtExecutionProvider"
+
+    cpu = _FakeOrt(["CPUExecutionProvider"])  # no TensorRT: plain names, no cache folder
+    monkeypatch.setitem(sys.modules, "onnxruntime", cpu)
+    monkeypatch.setenv("STETHOEDGE_CACHE", str(tmp_path / "unused"))
+    OnnxRuntimeBackend(bundle, art)
+    assert cpu.calls == [["CPUExecutionProvider"]] and not (tmp_path / "unused").exists()
+
+    old = _FakeOrt(["TensorrtExecutionProvider", "CPUExecutionProvider"], refuse_options=True)
+    monkeypatch.setitem(sys.modules, "onnxruntime", old)  # a build that rejects an option still starts
+    OnnxRuntimeBackend(bundle, art)
+    assert old.calls[-1] == ["TensorrtExecutionProvider", "CPUExecutionProvider"] and len(old.calls) == 2

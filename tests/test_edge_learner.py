@@ -114,6 +114,10 @@ def test_export_and_runtime_agree_with_torch(run: tuple[Path, dict], tmp_path: P
     assert manifest["model"]["architecture"] == "efficientat-mn"
     assert manifest["feature_spec"]["kind"] == "efficientat-mel"
     assert not manifest["source"]["run"].startswith("/"), "the manifest must not carry the build machine's paths"
+    splits = json.loads((root / "run" / "splits.json").read_text())  # the gate: ICBHI validation patients only
+    assert manifest["gate"]["gated_on"] == "val"
+    assert set(manifest["source"]["verification_set"]["recordings"]) <= set(splits["val"])
+    assert set(manifest["source"]["report_set"]["recordings"]) <= set(splits["test"])
     clf = Classifier.open(tmp_path / "bundle")
     rng = np.random.default_rng(0)
     audio = cyclic_pad((0.1 * rng.standard_normal(40000)).astype(np.float32), clf.spec.window_samples)

@@ -44,7 +44,7 @@ def test_manifest_records_versions_spec_and_provenance(bundle_dir: Path):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert {"torch", "onnxruntime", "onnx", "numpy"} <= set(manifest["versions"])
     assert manifest["feature_spec"]["n_mels"] == 128
-    assert manifest["source"]["verification_set"]["split"] == "test"
+    assert manifest["source"]["verification_set"]["split"] == "val"
     assert (bundle_dir / "export_report.md").read_text().count("| onnx-") == 2
 
 
@@ -75,3 +75,76 @@ def test_export_refuses_to_overwrite_without_force(trained_run: Path, bundle_dir
         export_run(trained_run, bundle_dir, max_windows=8, allow_degraded=True)
     assert load_bundle(bundle_dir), "the existing bundle must be left intact"
     assert not [p for p in bundle_dir.parent.iterdir() if p.name.startswith(".")], "no temporary directory left behind"
+
+
+def _patients(stems) -> set[str]:
+    return {str(s).split("_")[0] for s in stems}
+
+
+def test_gate_runs_on_validation_patients_and_test_is_only_reported(bundle_dir: Path, trained_run: Path):
+    """Selection on the test split would make the reported test figures optimistic (issue 13.5)."""
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    splits = json.loads((trained_run / "splits.json").read_text())
+    gated, reported = manifest["source"]["verification_set"], manifest["source"]["report_set"]
+    assert manifest["gate"]["gated_on"] == "val" and gated["split"] == "val" and reported["split"] == "test"
+    assert gated["recordings"] and set(gated["recordings"]) <= set(splits["val"])
+    assert reported["recordings"] and set(reported["recordings"]) <= set(splits["test"])
+    assert not _patients(gated["recordings"]) & _patients(splits["test"]), "gate windows from test patients"
+    assert not _patients(gated["recordings"]) & _patients(splits["train"]), "gate windows from trained-on patients"
+    for art in manifest["artifacts"]:
+        v = art["verification"]
+        assert v["gated_on"] == "val" and v["windows"] > 0
+        t = v["report_test"]
+        assert t["split"] == "test" and t["gates"] is False and t["windows"] > 0 and "passed" not in t
+        assert 0.0 <= t["top1_agreement"] <= 1.0 and "score_delta" in t
+    assert "test agreement" in (bundle_dir / "export_report.md").read_text()
+
+
+def test_test_split_figures_never_choose_the_default_artifact(trained_run: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    """Rigged measurements: int8 is hopeless on TEST only, fp32 on VALIDATION only. Gating on test
+    (the old behaviour) would fail int8 and pass fp32; gating on validation does the opposite."""
+    from stethoedge.export import exporter
+
+    seen: dict[str, object] = {}
+    real_split, real_verify = exporter.split_windows, exporter.verify_artifact
+
+    def spy_split(run, spec, data, split, max_windows, seed):
+        seen[split] = ws = real_split(run, spec, data, split, max_windows, seed)
+        return ws
+
+    def rigged(run_fn, features, reference, labels=None, gate=Gate(), batch_size=16):
+        result = real_verify(run_fn, features, reference, labels, gate, batch_size)
+        file = run_fn.__self__.file
+        on = "val" if labels is seen["val"].labels else "test" if labels is seen["test"].labels else "?"
+        if (file, on) in {("model.int8.onnx", "test"), ("model.onnx", "val")}:
+            result.update(top1_agreement=0.0, score_delta=-1.0, passed=False)
+        return result
+
+    monkeypatch.setattr(exporter, "split_windows", spy_split)
+    monkeypatch.setattr(exporter, "verify_artifact", rigged)
+    result = exporter.export_run(trained_run, tmp_path / "b", max_windows=8, report_windows=8, allow_degraded=True,
+                                 formats=["onnx-fp32", "onnx-int8-dynamic"])
+    arts = {a["name"]: a for a in result.manifest["artifacts"]}
+    assert arts["onnx-int8-dynamic"]["status"] == "passed"
+    assert arts["onnx-int8-dynamic"]["verification"]["report_test"]["top1_agreement"] == 0.0  # reported, not used
+    assert arts["onnx-fp32"]["status"] == "failed-verification"
+    assert arts["onnx-fp32"]["verification"]["report_test"]["top1_agreement"] == 1.0
+    assert result.manifest["default_artifact"] == "onnx-int8-dynamic"
+
+
+def test_export_refuses_a_run_without_validation_recordings(trained_run: Path, tmp_path: Path):
+    """No silent fallback to gating on the test split."""
+    import shutil
+
+    from stethoedge.export.exporter import export_run
+    from stethoedge.runtime.errors import DataError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    splits = json.loads((run / "splits.json").read_text())
+    (run / "splits.json").write_text(json.dumps({**splits, "val": []}))
+    with pytest.raises(DataError, match="validation recordings") as info:
+        export_run(run, tmp_path / "b", max_windows=8, allow_degraded=True, formats=["onnx-fp32"])
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "b").exists()

@@ -71,9 +71,8 @@ def test_vocoder_resynthesis_of_real_minority_mels(tiny_pair: tuple, tmp_path: P
 
 def test_synthetic_directory_joins_training_only(tiny_pair: tuple, tmp_path: Path) -> None:
     """The training side's loader takes every synthetic cycle, labelled, for the training split."""
-    load_synthetic = pytest.importorskip("stethoedge.train.dataset").__dict__.get("load_synthetic")
-    if load_synthetic is None:
-        pytest.skip("stethoedge.train.dataset.load_synthetic not available yet (training-side issue)")
+    from stethoedge.train.dataset import load_synthetic
+
     out = write_icbhi_dir(tmp_path / "w", {0: np.zeros((1, 4000), np.float32) + 0.01, 2: np.full((2, 4000), 0.02,
                                                                                                 np.float32)}, 16000)
     windows = load_synthetic([str(out)], FeatureSpec())

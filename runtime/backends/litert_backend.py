@@ -2,6 +2,10 @@
 
 tflite-runtime 2.14 was measured returning WRONG logits for a dynamic-range model without any
 error, so whichever interpreter loads, the bundle's self-test vector decides whether it may run.
+With the artifacts litert-torch 0.10 writes (benchmarks/tflite_runtime_check.sh on x86-64 and
+benchmarks/arm64_smoke.sh on emulated arm64; numpy < 2, which tflite-runtime needs), tflite-runtime
+2.14 passes the self-test of fp32, fp16 and static int8 files and cannot load dynamic-range int8 ones
+(FULLY_CONNECTED version 12 is newer than it); ai-edge-litert runs all of them.
 Static INT8 models take int8 input and give int8 output; this backend quantizes and
 dequantizes with the tensors' own scale and zero point, so callers always pass float32.
 """
@@ -45,7 +49,9 @@ class TFLiteModel:
             self.interpreter = interpreter_cls(model_path=str(path), num_threads=threads or None)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise BackendError(f"{self.library} could not load {path}: {str(exc).splitlines()[0]}") from None
+            hint = ("; tflite-runtime (last release 2.14) predates this file's converter: "
+                    "pip install ai-edge-litert" if self.library == "tflite-runtime" else "")
+            raise BackendError(f"{self.library} could not load {path}: {str(exc).splitlines()[0]}{hint}") from None
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.path = str(path)
