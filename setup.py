@@ -2,7 +2,9 @@
 
 The repository keeps one folder per stage (runtime/, train/, export/, calibration/,
 firmware_bridge/); installed, each stage is a subpackage of the single ``stethoedge``
-namespace, so nothing lands in site-packages as a bare ``runtime`` or ``export``.
+namespace, so nothing lands in site-packages as a bare ``runtime`` or ``export``. Shared,
+torch-free code without a stage of its own (``stethoedge.data``: dataset parsers and metrics)
+lives inside stethoedge/ (a top-level data/ folder is where the README's commands write data).
 """
 from pathlib import Path
 
@@ -15,6 +17,9 @@ STAGES = ("runtime", "train", "export", "calibration", "firmware_bridge")
 def _stage_packages() -> dict[str, str]:
     """Map ``stethoedge.<stage>[.<sub>]`` to its folder for every package folder of a stage."""
     mapping = {"stethoedge": "stethoedge", "stethoedge.models": "models"}
+    # Subpackages inside stethoedge/ itself (stethoedge.data: the torch-free data layer).
+    for init in sorted((HERE / "stethoedge").glob("*/__init__.py")):
+        mapping[f"stethoedge.{init.parent.name}"] = init.parent.relative_to(HERE).as_posix()
     for stage in STAGES:
         for init in sorted((HERE / stage).rglob("__init__.py")):
             folder = init.parent.relative_to(HERE)

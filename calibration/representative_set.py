@@ -17,7 +17,7 @@ import numpy as np
 from stethoedge.calibration.window_set import WindowSet, build_window_set
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
-from stethoedge.train.icbhi import list_recordings
+from stethoedge.data.icbhi import list_recordings
 
 log = logging.getLogger(__name__)
 #: Fewer windows than this give noisy activation ranges; the set is still built, with a warning.

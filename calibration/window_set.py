@@ -21,7 +21,7 @@ from stethoedge.runtime.features import compute_features
 from stethoedge.runtime.labels import CLASSES
 from stethoedge.runtime.outputs import open_output
 from stethoedge.runtime.padding import cyclic_pad
-from stethoedge.train.icbhi import Recording, load_cycles
+from stethoedge.data.icbhi import Recording, load_cycles
 
 
 @dataclass

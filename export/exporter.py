@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import threading
@@ -150,6 +151,21 @@ def _build(kind: ArtifactKind, model: torch.nn.Module, tmp: Path, input_shape: t
     raise StethoedgeError(f"{kind.name}: TensorRT engines are built on the target; "
                           "copy the bundle there and run: stethoedge build-engine BUNDLE --precision "
                           + kind.precision)
+
+
+_ABSOLUTE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")
+
+
+def portable(value: Any) -> Any:
+    """``value`` (JSON-like) with every absolute path string replaced by its last component, so a
+    shipped manifest records the names of runs, datasets and checkpoints, never the build machine's paths."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and _ABSOLUTE.match(value):
+        return re.split(r"[\\/]", value.rstrip("/\\"))[-1] or "(path)"
+    return value
 
 
 def _calibrated_on(kind: ArtifactKind, rep: WindowSet | None) -> str | None:
@@ -332,6 +348,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
         }
         if rep is not None and bundle_calibration_windows > 0:
             manifest["calibration"] = _save_calibration(tmp, rep, bundle_calibration_windows)
+        manifest = portable(manifest)  # a shipped manifest names runs/datasets, never this machine's paths
         keep = {a["file"] for a in artifacts} | {SELFTEST_NAME, CALIBRATION_NAME}
         for stray in tmp.iterdir():  # e.g. the fp32 ONNX a quantizer started from, when not requested
             if stray.name not in keep:

@@ -2,11 +2,15 @@
 
 TensorRT Python API first (INT8 through an IInt8EntropyCalibrator2 fed the bundle's
 representative set, writing/reusing calibration.cache), ``trtexec`` as the fallback. The engine
-is added to the bundle's manifest with the environment it was built in (TensorRT, CUDA,
-JetPack/L4T, GPU) so another device refuses it with the rebuild command. Imports no torch.
+runs the same verification gate as every exported artifact (export/verify.py, on the bundle's
+self-test windows) and is recorded, with the environment it was built in (TensorRT, CUDA,
+JetPack/L4T, GPU), in the device-local overlay ``engines.json`` pinned to the signed ONNX's
+sha256. The signed manifest.json is never rewritten, so the owner's manifest.sig stays valid
+and ``--require-signature`` devices can use their own engines. Imports no torch.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -14,19 +18,26 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from stethoedge.calibration.tensorrt_calibrator import CACHE_NAME, cache_usable, entropy_calibrator
 from stethoedge.runtime.backends.tensorrt_backend import device_environment, gpu_name
-from stethoedge.runtime.bundle import MANIFEST_NAME, load_bundle, sha256_file, write_manifest
+from stethoedge.runtime.bundle import (
+    OVERLAY_NAME, Artifact, Bundle, load_bundle, new_overlay, read_verified, sha256_file, write_overlay,
+)
 from stethoedge.runtime.errors import BackendError, BundleError
 from stethoedge.runtime.outputs import atomic_write_bytes
 
 PRECISIONS = ("fp16", "int8")
 TRTEXEC_PATHS = ("trtexec", "/usr/src/tensorrt/bin/trtexec")
 ENGINE_TOLERANCE = {"fp16": 5e-2, "int8": 0.25}
+#: INT8 calibration cache written on the device when the signed manifest pins none usable here
+#: (a cache the signed manifest pins is read, never overwritten).
+DEVICE_CACHE_NAME = "engines.calibration.cache"
+#: opens a runner (``.run(features) -> logits``) for an engine artifact; default: the TensorRT backend
+RunnerFactory = Callable[[Bundle, Artifact], Any]
 
 
 def find_trtexec() -> str | None:
@@ -84,25 +95,82 @@ def _build_python(onnx: Path, engine: Path, precision: str, input_name: str, inp
     atomic_write_bytes(engine, bytes(serialized))
 
 
+def _calibration_features(bundle: Bundle) -> np.ndarray | None:
+    """The representative set (calibration.npz), its bytes checked against the manifest's sha256
+    before numpy reads them (read once: what is hashed is what is parsed)."""
+    calib = bundle.manifest.get("calibration")
+    if not calib:
+        return None
+    data = read_verified(bundle.root, calib["file"], calib["sha256"])
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return arrays["features"].astype(np.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{bundle.root / calib['file']}: unreadable calibration set ({exc})") from None
+
+
+def _calibration_cache(bundle: Bundle, trt_version: str | None) -> tuple[Path, bool]:
+    """(cache path, usable as is). A cache the signed manifest pins (verified by load_bundle) is reused
+    when this TensorRT wrote it; otherwise calibration writes the device's own cache."""
+    signed = bundle.manifest.get("calibration_cache")
+    if signed:
+        path = bundle.root / signed["file"]
+        if trt_version and cache_usable(path, trt_version):
+            return path, True
+    own = bundle.root / DEVICE_CACHE_NAME
+    if own.is_file() and not (bundle.overlay or {}).get("calibration_cache"):
+        own.unlink()  # not pinned by any overlay: never trust it
+    return own, bool(trt_version) and cache_usable(own, trt_version)
+
+
+def _tensorrt_runner(bundle: Bundle, artifact: Artifact) -> Any:
+    from stethoedge.runtime.backends.tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(bundle, artifact)
+
+
+def gate_engine(bundle: Bundle, artifact: Artifact, runner_factory: RunnerFactory | None = None) -> dict[str, Any]:
+    """Run the export verification gate (export/verify.py) on an engine: the bundle's self-test windows
+    against their PyTorch logits, plus the artifact's logit tolerance. Returns the verification dict
+    (``passed`` included); an engine that cannot even be opened fails with the reason."""
+    from stethoedge.export.verify import Gate, verify_artifact
+
+    gate_cfg = bundle.manifest.get("gate", {})
+    gate = Gate(min_agreement=float(gate_cfg.get("min_agreement", Gate.min_agreement)),
+                max_score_drop=float(gate_cfg.get("max_score_drop", Gate.max_score_drop)))
+    try:
+        runner = (runner_factory or _tensorrt_runner)(bundle, artifact)
+        result = verify_artifact(runner.run, bundle.selftest.features, bundle.selftest.logits, gate=gate)
+    except (BackendError, BundleError, RuntimeError, ValueError) as exc:
+        return {"passed": False, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                "windows": int(bundle.selftest.features.shape[0]), "set": "selftest"}
+    within = result["max_logit_diff"] <= artifact.tolerance
+    result.update({"set": "selftest", "tolerance": artifact.tolerance, "within_tolerance": bool(within),
+                   "passed": bool(result["passed"] and within)})
+    return result
+
+
 def build_engine(bundle_path: str | os.PathLike, precision: str = "fp16", max_batch: int = 8,
-                 use_trtexec: bool = False) -> dict[str, Any]:
-    """Build ``tensorrt-<precision>`` from the bundle's ONNX fp32 on this device and add it to the manifest."""
+                 use_trtexec: bool = False, runner_factory: RunnerFactory | None = None) -> dict[str, Any]:
+    """Build ``tensorrt-<precision>`` from the bundle's signed ONNX fp32 on this device, gate it, and
+    record it in the engines.json overlay (the signed manifest is left untouched)."""
     if precision not in PRECISIONS:
         raise BackendError(f"unknown TensorRT precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    bundle = load_bundle(bundle_path)
+    bundle = load_bundle(bundle_path)  # verifies every pinned file, calibration set and cache included
     env = device_environment(gpu=gpu_name())
     if not env["tensorrt"] and (not use_trtexec or find_trtexec() is None):
         raise BackendError("TensorRT is not installed here: engines are built on the target (a Jetson with JetPack "
                            "or a machine with an NVIDIA GPU); run this command there")
-    onnx = bundle.path_of(bundle.artifact("onnx-fp32", allow_failed=True))
+    if not env["gpu"]:
+        raise BackendError("cannot determine this device's GPU name (nvidia-smi --query-gpu=name and libcudart "
+                           "both failed); an engine must record the GPU it was built for. Check the NVIDIA driver")
+    onnx_art = bundle.artifact("onnx-fp32", allow_failed=True)
+    onnx = bundle.path_of(onnx_art)
     name, file = f"tensorrt-{precision}", f"model.{precision}.engine"
-    engine, cache = bundle.root / file, bundle.root / CACHE_NAME
+    engine = bundle.root / file
     input_name, input_shape = bundle.manifest["input"]["name"], tuple(bundle.spec.input_shape)
-    calib = bundle.manifest.get("calibration")
-    features = None
-    if precision == "int8" and calib and not (env["tensorrt"] and cache_usable(cache, env["tensorrt"])):
-        with np.load(bundle.root / calib["file"], allow_pickle=False) as data:
-            features = data["features"].astype(np.float32)
+    cache, cache_ready = _calibration_cache(bundle, env["tensorrt"])
+    features = _calibration_features(bundle) if precision == "int8" and not cache_ready else None
     t0 = time.perf_counter()
     if env["tensorrt"] and not use_trtexec:
         _build_python(onnx, engine, precision, input_name, input_shape, max_batch, features, cache)
@@ -116,32 +184,41 @@ def build_engine(bundle_path: str | os.PathLike, precision: str = "fp16", max_ba
         found = re.search(r"TensorRT version:\s*([\d.]+)", proc.stdout + proc.stderr)
         if found and not env["tensorrt"]:
             env["tensorrt"] = found.group(1)
+    if not env["cuda"]:
+        raise BackendError("cannot determine this device's CUDA version (/usr/local/cuda/version.json); an engine "
+                           "must record the CUDA it was built with")
     entry = {"name": name, "file": file, "format": "tensorrt", "precision": precision,
              "sha256": sha256_file(engine), "size_bytes": engine.stat().st_size,
-             "tolerance": ENGINE_TOLERANCE[precision], "status": "passed",
-             "verification": {"note": "built on the target; verified by the start-up self-test"},
-             "engine": {**env, "builder": builder, "max_batch": max_batch,
+             "tolerance": ENGINE_TOLERANCE[precision], "status": "failed-verification", "verification": {},
+             "engine": {**env, "builder": builder, "max_batch": max_batch, "onnx_sha256": onnx_art.sha256,
                         "build_seconds": round(time.perf_counter() - t0, 1),
-                        "calibration_cache": CACHE_NAME if precision == "int8" else None}}
-    add_artifact(bundle.root, entry)
+                        "calibration_cache": cache.name if precision == "int8" else None}}
+    result = gate_engine(bundle, Artifact(**{**entry, "tolerance": float(entry["tolerance"])}), runner_factory)
+    entry["verification"] = result
+    entry["status"] = "passed" if result["passed"] else "failed-verification"
+    add_engine(bundle.root, entry, onnx_artifact=onnx_art.name, base=bundle)
     return entry
 
 
-def add_artifact(bundle_root: Path, entry: dict[str, Any]) -> None:
-    """Add or replace one artifact entry in a bundle's manifest (atomic; drops a stale signature)."""
-    manifest = json.loads((bundle_root / MANIFEST_NAME).read_bytes().decode("utf-8-sig"))
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["name"] != entry["name"]] + [entry]
-    cache = bundle_root / CACHE_NAME
-    if cache.is_file():
-        manifest["calibration_cache"] = {"file": CACHE_NAME, "sha256": sha256_file(cache)}
-    write_manifest(bundle_root, manifest)
-    sig = bundle_root / "manifest.sig"
-    if sig.exists():
-        sig.unlink()  # the manifest changed: the owner must re-sign (stethoedge sign)
+def add_engine(bundle_root: Path, entry: dict[str, Any], onnx_artifact: str = "onnx-fp32",
+               base: Bundle | None = None) -> dict[str, Any]:
+    """Add or replace one engine entry in the bundle's engines.json overlay (atomic; manifest.json and
+    manifest.sig are not touched). A device-written calibration cache is pinned there too.
+
+    ``base``: the bundle as loaded before the build (its overlay is extended; the build may have
+    rewritten the device's calibration cache, so the bundle is not re-verified before writing)."""
+    bundle = base if base is not None else load_bundle(bundle_root)
+    overlay = bundle.overlay if bundle.overlay is not None else new_overlay(bundle.manifest, onnx_artifact)
+    overlay = {**overlay, "engines": [e for e in overlay["engines"] if e["name"] != entry["name"]] + [entry]}
+    own_cache = Path(bundle_root) / DEVICE_CACHE_NAME
+    if own_cache.is_file():
+        overlay["calibration_cache"] = {"file": DEVICE_CACHE_NAME, "sha256": sha256_file(own_cache)}
+    write_overlay(Path(bundle_root), overlay)
     try:
         load_bundle(bundle_root)
-    except BundleError as exc:  # pragma: no cover - write_manifest validated it
-        raise BundleError(f"the manifest written for {entry['name']} does not load: {exc}") from None
+    except BundleError as exc:  # pragma: no cover - write_overlay validated it
+        raise BundleError(f"the {OVERLAY_NAME} written for {entry['name']} does not load: {exc}") from None
+    return overlay
 
 
 def lint_onnx(path: str | os.PathLike, timeout: float = 300) -> dict[str, Any]:

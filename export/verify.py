@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from stethoedge.train.metrics import evaluate
+from stethoedge.data.metrics import evaluate
 
 
 @dataclass(frozen=True)

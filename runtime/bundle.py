@@ -10,6 +10,12 @@ Layout::
     BUNDLE/selftest.npz     audio (k, window_samples), features (k, frames, mels), logits (k, classes)
     BUNDLE/<artifact files> model.onnx, model.int8.onnx, ...
     BUNDLE/quality.npz      optional signal-quality gate (manifest "quality": file + sha256; runtime/quality.py)
+    BUNDLE/calibration.npz  optional INT8 representative set (+ calibration.cache), pinned like every file
+    BUNDLE/engines.json     optional, device-local: TensorRT engines built by build-engine, pinned to the
+                            signed ONNX's sha256 (the signed manifest.json is never rewritten on a device)
+
+``manifest.json`` is read once: the signature (when required) and the parser see the same bytes.
+Every file the manifest pins (``pinned_files`` / ``Manifest.files``) is verified on load.
 
 Optional manifest section "confidence" (runtime/confidence.py): temperature + abstention threshold.
 Bundles without these sections load unchanged (no abstention, quality "unchecked").
@@ -74,6 +80,14 @@ FORMATS = ("onnx", "tflite", "tensorrt")
 MAX_TOLERANCE = 100.0
 #: Optional top-level file references ({"file", "sha256"}) read by build-engine on the target.
 OPTIONAL_FILES = ("calibration", "calibration_cache")
+#: Device-local overlay written by ``build-engine``: TensorRT engines built ON the device, pinned to
+#: the signed ONNX's sha256 and the device's TensorRT/CUDA/GPU. The signed manifest is never rewritten,
+#: so the owner's manifest.sig stays valid (docs/EXPORT.md, "Engine overlay").
+OVERLAY_NAME = "engines.json"
+OVERLAY_SCHEMA = "stethoedge.engines"
+OVERLAY_SCHEMA_VERSION = 1
+#: Build-environment keys every overlay engine must record (compared with the device at backend open).
+ENGINE_PINNED_KEYS = ("tensorrt", "cuda", "gpu")
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,8 @@ class Bundle:
     calibration: Calibration = field(default_factory=Calibration)
     #: signal-quality gate (manifest "quality"; None: windows are "unchecked")
     quality: QualityGate | None = None
+    #: the verified engines.json overlay (device-built TensorRT engines), None when absent
+    overlay: dict[str, Any] | None = None
 
     def artifact(self, name: str | None = None, allow_failed: bool = False) -> Artifact:
         """The named artifact (default: the manifest's default); refuses failed ones unless allowed."""
@@ -132,9 +148,56 @@ class Bundle:
             )
         return art
 
+    @property
+    def files(self) -> dict[str, str]:
+        """{file name: sha256} of every file the runtime may read: the manifest's pins plus the overlay's."""
+        return {**pinned_files(self.manifest), **(overlay_files(self.overlay) if self.overlay else {})}
+
     def path_of(self, artifact: Artifact) -> Path:
         """Absolute path of an artifact's file."""
         return self.root / artifact.file
+
+
+def to_json(document: dict[str, Any]) -> str:
+    """The one serializer of bundle JSON documents (manifest.json, engines.json): 2-space indent,
+    key order kept, trailing newline (byte-identical to what exporters have always written)."""
+    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Typed view of a validated manifest.json. ``data`` is kept whole, so keys this runtime does not
+    model (model, source, versions, ...) round-trip unchanged through ``to_dict``/``to_json``."""
+
+    data: dict[str, Any]
+    labels: tuple[str, ...]
+    artifacts: tuple[Artifact, ...]
+    default_artifact: str
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST_NAME) -> "Manifest":
+        """Validate (``validate_manifest``: BundleError with the exact problem) and wrap ``data``."""
+        validate_manifest(data, where)
+        return cls(data, tuple(data["labels"]), tuple(_artifact_of(a) for a in data["artifacts"]),
+                   data["default_artifact"])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, where: str | Path = MANIFEST_NAME) -> "Manifest":
+        """Parse and validate the exact bytes of a manifest.json (those a signature covers)."""
+        return cls.from_dict(_parse_json(raw, Path(where)), str(where))
+
+    @property
+    def files(self) -> dict[str, str]:
+        """{file name: sha256} of every file this manifest pins (all verified by ``load_bundle``)."""
+        return pinned_files(self.data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A deep copy of the manifest as JSON-ready data."""
+        return json.loads(json.dumps(self.data))
+
+    def to_json(self) -> str:
+        """manifest.json text (``to_json``, the one serializer)."""
+        return to_json(self.data)
 
 
 def sha256_file(path: Path) -> str:
@@ -169,29 +232,9 @@ def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> None:
     _check_types(manifest, _REQUIRED, where)
     if not manifest["artifacts"]:
         raise BundleError(f"{where}: lists no artifacts")
-    names = set()
+    names: set[str] = set()
     for i, art in enumerate(manifest["artifacts"]):
-        if not isinstance(art, dict):
-            raise BundleError(f"{where}: artifacts[{i}] is not an object")
-        _check_types(art, _ARTIFACT_REQUIRED, f"{where}: artifacts[{i}]")
-        if art["status"] not in ARTIFACT_STATUSES:
-            raise BundleError(f"{where}: artifacts[{i}] has unknown status {art['status']!r}")
-        if art["format"] not in FORMATS:
-            raise BundleError(f"{where}: artifacts[{i}] has unknown format {art['format']!r}")
-        if not isinstance(art.get("verification", {}), dict):
-            raise BundleError(f"{where}: artifacts[{i}] verification must be an object")
-        if art["format"] == "tensorrt" and not isinstance(art.get("engine"), dict):
-            raise BundleError(f"{where}: artifacts[{i}] is a TensorRT engine without its 'engine' versions entry")
-        if not (isinstance(art["sha256"], str) and len(art["sha256"]) == 64):
-            raise BundleError(f"{where}: artifacts[{i}] sha256 must be 64 hex digits")
-        if art["name"] in names:
-            raise BundleError(f"{where}: artifact name {art['name']!r} appears twice")
-        _check_file_name(art["file"], f"{where}: artifacts[{i}] file")
-        tolerance = art["tolerance"]
-        if isinstance(tolerance, bool) or not (math.isfinite(tolerance) and 0 <= tolerance <= MAX_TOLERANCE):
-            raise BundleError(f"{where}: artifacts[{i}] tolerance {tolerance!r} must be a finite number "
-                              f"0 <= tolerance <= {MAX_TOLERANCE:g} (max abs logit difference of the self-test)")
-        names.add(art["name"])
+        _validate_artifact(art, f"{where}: artifacts[{i}]", names, where)
     failed = manifest.get("failed_artifacts", [])
     if not isinstance(failed, list) or not all(
         isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("reason"), str) for f in failed
@@ -231,6 +274,44 @@ def validate_manifest(manifest: Any, where: str = MANIFEST_NAME) -> None:
         FeatureSpec.from_dict(manifest["feature_spec"])
     except BundleError as exc:
         raise BundleError(f"{where}: {exc}") from None
+
+
+def _validate_artifact(art: Any, what: str, names: set[str], where: str) -> None:
+    """Check one artifact entry (``what`` prefixes messages); adds its name to ``names``."""
+    if not isinstance(art, dict):
+        raise BundleError(f"{what} is not an object")
+    _check_types(art, _ARTIFACT_REQUIRED, what)
+    if art["status"] not in ARTIFACT_STATUSES:
+        raise BundleError(f"{what} has unknown status {art['status']!r}")
+    if art["format"] not in FORMATS:
+        raise BundleError(f"{what} has unknown format {art['format']!r}")
+    if not isinstance(art.get("verification", {}), dict):
+        raise BundleError(f"{what} verification must be an object")
+    if art["format"] == "tensorrt" and not isinstance(art.get("engine"), dict):
+        raise BundleError(f"{what} is a TensorRT engine without its 'engine' versions entry")
+    if not (isinstance(art["sha256"], str) and len(art["sha256"]) == 64):
+        raise BundleError(f"{what} sha256 must be 64 hex digits")
+    if art["name"] in names:
+        raise BundleError(f"{where}: artifact name {art['name']!r} appears twice")
+    _check_file_name(art["file"], f"{what} file")
+    tolerance = art["tolerance"]
+    if isinstance(tolerance, bool) or not (math.isfinite(tolerance) and 0 <= tolerance <= MAX_TOLERANCE):
+        raise BundleError(f"{what} tolerance {tolerance!r} must be a finite number "
+                          f"0 <= tolerance <= {MAX_TOLERANCE:g} (max abs logit difference of the self-test)")
+    names.add(art["name"])
+
+
+def pinned_files(manifest: dict[str, Any]) -> dict[str, str]:
+    """{file name: sha256} of every file a (validated) manifest pins: artifacts, self-test,
+    calibration set, calibration cache, quality gate. ``load_bundle`` verifies all of them."""
+    files: dict[str, str] = {}
+    refs = [*manifest["artifacts"], manifest["selftest"],
+            *(manifest[k] for k in (*OPTIONAL_FILES, "quality") if manifest.get(k) is not None)]
+    for ref in refs:
+        if files.get(ref["file"], ref["sha256"]) != ref["sha256"]:
+            raise BundleError(f"{MANIFEST_NAME}: {ref['file']} is pinned twice with different sha256 values")
+        files[ref["file"]] = ref["sha256"]
+    return files
 
 
 def _is_int(value: Any) -> bool:
@@ -277,14 +358,27 @@ def _inside(root: Path, name: str) -> Path:
     return path
 
 
-def _verify_file(root: Path, name: str, expected_sha: str) -> Path:
+def _verify_file(root: Path, name: str, expected_sha: str, pinned_by: str = "the manifest") -> Path:
+    """``root / name`` after checking it is inside the bundle and matches ``expected_sha``."""
     path = _inside(root, name)
     if not path.is_file():
-        raise BundleError(f"{root}: file {name!r} named in the manifest is missing")
+        raise BundleError(f"{root}: file {name!r} named in {pinned_by} is missing")
     actual = sha256_file(path)
     if actual != expected_sha:
-        raise BundleError(f"{root}: {name} does not match its sha256 in the manifest (tampered or corrupted)")
+        raise BundleError(f"{root}: {name} does not match its sha256 in {pinned_by} (tampered or corrupted)")
     return path
+
+
+def read_verified(root: Path, name: str, expected_sha: str) -> bytes:
+    """The bytes of a pinned file, read once and checked against ``expected_sha`` (no check-then-read race)."""
+    path = _inside(root, name)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{root}: cannot read {name!r} named in the manifest ({exc.strerror})") from None
+    if hashlib.sha256(data).hexdigest() != expected_sha:
+        raise BundleError(f"{root}: {name} does not match its sha256 in the manifest (tampered or corrupted)")
+    return data
 
 
 def load_selftest(path: Path, spec: FeatureSpec, n_classes: int) -> SelfTest:
@@ -304,11 +398,114 @@ def load_selftest(path: Path, spec: FeatureSpec, n_classes: int) -> SelfTest:
     return SelfTest(**arrays)
 
 
-def load_bundle(path: str | os.PathLike, require_signature: str | os.PathLike | None = None) -> Bundle:
-    """Load and verify a bundle directory: schema, sha256 of every file, self-test shapes.
+def _artifact_of(art: dict[str, Any]) -> Artifact:
+    return Artifact(
+        name=art["name"], file=art["file"], format=art["format"], precision=art["precision"],
+        sha256=art["sha256"], size_bytes=art["size_bytes"], tolerance=float(art["tolerance"]),
+        status=art["status"], verification=dict(art.get("verification", {})), engine=art.get("engine"),
+    )
 
-    ``require_signature``: path of an Ed25519 public key (PEM); the bundle must then carry a
-    valid signature of its manifest by that key (see ``stethoedge.runtime.signing``).
+
+def _parse_json(data: bytes, where: Path) -> Any:
+    try:
+        # utf-8-sig: a byte-order mark (some Windows editors add one) is harmless; a signature
+        # covers the exact bytes, BOM included.
+        return json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BundleError(f"{where}: not valid JSON ({exc})") from None
+
+
+def new_overlay(manifest: dict[str, Any], onnx_artifact: str = "onnx-fp32") -> dict[str, Any]:
+    """An empty engines.json overlay pinned to the signed manifest's ``onnx_artifact`` sha256."""
+    art = next((a for a in manifest["artifacts"] if a["name"] == onnx_artifact), None)
+    if art is None or art["format"] != "onnx":
+        raise BundleError(f"{MANIFEST_NAME}: no ONNX artifact {onnx_artifact!r} to build engines from")
+    return {"schema": OVERLAY_SCHEMA, "schema_version": OVERLAY_SCHEMA_VERSION,
+            "onnx": {"artifact": onnx_artifact, "sha256": art["sha256"]}, "engines": []}
+
+
+def validate_overlay(overlay: Any, manifest: dict[str, Any], where: str = OVERLAY_NAME) -> None:
+    """Raise BundleError unless ``overlay`` is a well-formed engines.json for this (validated) manifest:
+    pinned to the sha256 of one of its ONNX artifacts, TensorRT entries only, each recording the
+    TensorRT/CUDA/GPU it was built with, never replacing a signed artifact."""
+    if not isinstance(overlay, dict) or overlay.get("schema") != OVERLAY_SCHEMA:
+        raise BundleError(f"{where}: not a stethoedge engine overlay (schema {OVERLAY_SCHEMA!r})")
+    if overlay.get("schema_version") != OVERLAY_SCHEMA_VERSION or isinstance(overlay.get("schema_version"), bool):
+        raise BundleError(f"{where}: overlay schema version {overlay.get('schema_version')!r} is not supported "
+                          f"(supports {OVERLAY_SCHEMA_VERSION}); rebuild the engines with stethoedge build-engine")
+    onnx = overlay.get("onnx")
+    if not (isinstance(onnx, dict) and isinstance(onnx.get("artifact"), str) and _is_sha256(onnx.get("sha256"))):
+        raise BundleError(f"{where}: onnx must name the signed ONNX artifact and its sha256")
+    signed = {a["name"]: a for a in manifest["artifacts"]}
+    source = signed.get(onnx["artifact"])
+    if source is None or source["format"] != "onnx" or source["sha256"] != onnx["sha256"]:
+        raise BundleError(f"{where}: the engines were built from another model (ONNX {onnx['artifact']} sha256 "
+                          f"{onnx['sha256'][:12]}... is not in {MANIFEST_NAME}); rebuild them with "
+                          f"stethoedge build-engine or delete {OVERLAY_NAME}")
+    engines = overlay.get("engines")
+    if not isinstance(engines, list):
+        raise BundleError(f"{where}: engines must be a list")
+    names = set(signed)
+    for i, art in enumerate(engines):
+        what = f"{where}: engines[{i}]"
+        if isinstance(art, dict) and art.get("name") in signed:
+            raise BundleError(f"{what} {art['name']!r} would replace a signed artifact; an overlay only adds engines")
+        _validate_artifact(art, what, names, where)
+        if art["format"] != "tensorrt":
+            raise BundleError(f"{what} is {art['format']}; an overlay holds TensorRT engines only")
+        env = art["engine"]
+        missing = [k for k in ENGINE_PINNED_KEYS if not (isinstance(env.get(k), str) and env[k])]
+        if missing:
+            raise BundleError(f"{what} does not record the {', '.join(missing)} it was built with")
+    cache = overlay.get("calibration_cache")
+    if cache is not None:
+        if not (isinstance(cache, dict) and isinstance(cache.get("file"), str) and _is_sha256(cache.get("sha256"))):
+            raise BundleError(f"{where}: calibration_cache must name a file and its sha256 (64 hex digits)")
+        _check_file_name(cache["file"], f"{where}: calibration_cache file")
+
+
+def overlay_files(overlay: dict[str, Any]) -> dict[str, str]:
+    """{file name: sha256} of every file a (validated) overlay pins."""
+    refs = [*overlay["engines"], *([overlay["calibration_cache"]] if overlay.get("calibration_cache") else [])]
+    return {ref["file"]: ref["sha256"] for ref in refs}
+
+
+def read_overlay(root: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The bundle's engines.json, validated against ``manifest`` with every file it pins verified; None if absent."""
+    path = _inside(root, OVERLAY_NAME)
+    if not path.exists():
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read ({exc.strerror})") from None
+    overlay = _parse_json(data, path)
+    validate_overlay(overlay, manifest, str(path))
+    signed = pinned_files(manifest)
+    for name, sha in overlay_files(overlay).items():
+        if name in (MANIFEST_NAME, OVERLAY_NAME) or (name in signed and signed[name] != sha):
+            raise BundleError(f"{path}: {name} is a file the signed manifest pins (or the manifest itself); "
+                              "an overlay may not re-pin it")
+        _verify_file(root, name, sha, OVERLAY_NAME)
+    return overlay
+
+
+def write_overlay(root: Path, overlay: dict[str, Any]) -> Path:
+    """Validate ``overlay`` against the bundle's manifest and write engines.json atomically."""
+    manifest = _parse_json((root / MANIFEST_NAME).read_bytes(), root / MANIFEST_NAME)
+    validate_overlay(overlay, manifest, str(root / OVERLAY_NAME))
+    path = root / OVERLAY_NAME
+    atomic_write_text(path, to_json(overlay))
+    return path
+
+
+def load_bundle(path: str | os.PathLike, require_signature: str | os.PathLike | None = None) -> Bundle:
+    """Load and verify a bundle directory: schema, sha256 of every pinned file, self-test shapes.
+
+    manifest.json is read ONCE: those bytes are signature-checked (``require_signature``: path of
+    an Ed25519 public key, PEM; see ``stethoedge.runtime.signing``) and parsed. Every file the
+    manifest pins (``pinned_files``) is verified, then the optional engines.json overlay
+    (device-built TensorRT engines, ``read_overlay``) is verified and merged into ``artifacts``.
     """
     root = Path(path)
     if not root.is_dir():
@@ -316,48 +513,38 @@ def load_bundle(path: str | os.PathLike, require_signature: str | os.PathLike | 
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise BundleError(f"{root}: no {MANIFEST_NAME}; not a stethoedge bundle")
-    if require_signature is not None:
-        from stethoedge.runtime.signing import verify_bundle
-
-        verify_bundle(root, require_signature)
     try:
-        # utf-8-sig: a byte-order mark (some Windows editors add one) is harmless; the signature
-        # above covers the exact bytes, BOM included.
-        manifest = json.loads(manifest_path.read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
-    validate_manifest(manifest, str(manifest_path))
+        data = manifest_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{manifest_path}: cannot read ({exc.strerror})") from None
+    if require_signature is not None:
+        from stethoedge.runtime.signing import verify_manifest_bytes
+
+        verify_manifest_bytes(root, data, require_signature)
+    manifest = Manifest.from_bytes(data, manifest_path).data
     spec = FeatureSpec.from_dict(manifest["feature_spec"])
     if list(manifest["input"]["shape"][1:]) != list(spec.input_shape):
         raise BundleError(
             f"{manifest_path}: input shape {manifest['input']['shape']} disagrees with the feature spec {spec.input_shape}"
         )
     labels = tuple(manifest["labels"])
-    artifacts = {}
-    for art in manifest["artifacts"]:
-        _verify_file(root, art["file"], art["sha256"])
-        artifacts[art["name"]] = Artifact(
-            name=art["name"], file=art["file"], format=art["format"], precision=art["precision"],
-            sha256=art["sha256"], size_bytes=art["size_bytes"], tolerance=float(art["tolerance"]),
-            status=art["status"], verification=dict(art.get("verification", {})),
-            engine=art.get("engine"),
-        )
+    for name, sha in pinned_files(manifest).items():  # artifacts, self-test, calibration set/cache, quality
+        _verify_file(root, name, sha)
+    artifacts = {art["name"]: _artifact_of(art) for art in manifest["artifacts"]}
     st = manifest["selftest"]
-    selftest = load_selftest(_verify_file(root, st["file"], st["sha256"]), spec, len(labels))
-    for key in OPTIONAL_FILES:  # read only by build-engine, which checks them; here: never outside the bundle
-        if manifest.get(key) is not None:
-            _inside(root, manifest[key]["file"])
+    selftest = load_selftest(root / st["file"], spec, len(labels))
     calibration = Calibration.from_manifest(manifest)
     quality = None
     if manifest.get("quality") is not None:
-        ref = manifest["quality"]
-        quality = QualityGate.from_file(_verify_file(root, ref["file"], ref["sha256"]))
-    return Bundle(root, manifest, spec, labels, artifacts, selftest, calibration, quality)
+        quality = QualityGate.from_file(root / manifest["quality"]["file"])
+    overlay = read_overlay(root, manifest)
+    if overlay is not None:
+        artifacts.update({art["name"]: _artifact_of(art) for art in overlay["engines"]})
+    return Bundle(root, manifest, spec, labels, artifacts, selftest, calibration, quality, overlay)
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
-    """Validate and write manifest.json atomically."""
-    validate_manifest(manifest, str(root / MANIFEST_NAME))
+    """Validate and write manifest.json atomically (the only writer of manifests: exporter, bundle-update)."""
     path = root / MANIFEST_NAME
-    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, Manifest.from_dict(manifest, str(path)).to_json())
     return path

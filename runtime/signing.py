@@ -75,6 +75,20 @@ def sign_bundle(bundle: str | os.PathLike, private_key: str | os.PathLike) -> Pa
 
 def verify_bundle(bundle: str | os.PathLike, public_key: str | os.PathLike) -> None:
     """Raise BundleError unless manifest.sig is a valid signature of manifest.json by ``public_key``."""
+    root = Path(bundle)
+    try:
+        data = (root / MANIFEST_NAME).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{root}: cannot read {MANIFEST_NAME} ({exc.strerror})") from None
+    verify_manifest_bytes(root, data, public_key)
+
+
+def verify_manifest_bytes(bundle: str | os.PathLike, manifest_bytes: bytes, public_key: str | os.PathLike) -> None:
+    """Raise BundleError unless manifest.sig signs exactly ``manifest_bytes`` (the bytes the caller parses).
+
+    ``load_bundle`` reads manifest.json once and passes those bytes here, so the manifest it
+    parses is the one whose signature was checked (no second read that could differ).
+    """
     invalid, _, _ = _crypto()
     root = Path(bundle)
     key = _load_key(public_key, private=False)
@@ -86,7 +100,7 @@ def verify_bundle(bundle: str | os.PathLike, public_key: str | os.PathLike) -> N
     except ValueError:
         raise BundleError(f"{sig_path}: not a base64 signature") from None
     try:
-        key.verify(signature, (root / MANIFEST_NAME).read_bytes())
+        key.verify(signature, manifest_bytes)
     except invalid:
         raise BundleError(
             f"{root}: signature check FAILED: the manifest was changed after signing or was signed by "

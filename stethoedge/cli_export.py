@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from stethoedge.cli_common import AddCommand
 from stethoedge.cli_common import MAX_THREADS, bounded_float, bounded_int, bounded_int_list
@@ -28,7 +29,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _labelled_windows(data: str, spec, max_windows: int):
     from stethoedge.calibration.window_set import build_window_set
-    from stethoedge.train.icbhi import list_recordings
+    from stethoedge.data.icbhi import list_recordings
 
     ws = build_window_set(list_recordings(data), spec, max_windows=max_windows, purpose="benchmark")
     return ws.audio, ws.labels
@@ -46,7 +47,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_output(output, inputs)
     audio = labels = scorer = None
     if args.data:
-        from stethoedge.train.metrics import evaluate
+        from stethoedge.data.metrics import evaluate
 
         audio, labels = _labelled_windows(args.data, load_bundle(args.bundle).spec, args.data_windows)
         scorer = lambda y, p: evaluate(y, p)["score"]  # noqa: E731
@@ -108,6 +109,10 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
     entry = build_engine(args.bundle, args.precision, max_batch=args.max_batch, use_trtexec=args.trtexec)
     print(json.dumps(entry, indent=2))
+    if entry["status"] != "passed":
+        print(f"error: {entry['name']} failed the verification gate ({entry['verification'].get('error') or 'see above'});"
+              " it is recorded as failed-verification in engines.json", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -38,7 +38,7 @@ def classify_annotated(bundle: str | Path, recordings_dir: Path) -> dict[str, in
     from stethoedge.runtime.engine import Classifier
     from stethoedge.runtime.labels import CLASSES
     from stethoedge.runtime.padding import cyclic_pad
-    from stethoedge.train.icbhi import list_recordings, load_cycles
+    from stethoedge.data.icbhi import list_recordings, load_cycles
 
     clf = Classifier.open(bundle)
     agree = total = normal = 0

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stethoedge.firmware_bridge import cobs, faults
+from stethoedge.firmware_bridge import cobs
+from support import faults
 from stethoedge.firmware_bridge.crc import crc32
 from stethoedge.firmware_bridge.framing import Frame, FrameDecoder, build_frame, encode_frame
 from stethoedge.firmware_bridge.messages import Audio, Heartbeat, encode_message

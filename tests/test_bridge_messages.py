@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from stethoedge.firmware_bridge import cobs, docgen, protocol
+from stethoedge.firmware_bridge import cobs, protocol
+from support import docgen
 from stethoedge.firmware_bridge.adpcm import AdpcmState
 from stethoedge.firmware_bridge.errors import BridgeError, ProtocolError
 from stethoedge.firmware_bridge.framing import FrameDecoder, build_frame, encode_frame, parse_frame
@@ -168,7 +169,7 @@ def test_c_header_constants_match_python():
 def test_protocol_doc_generated_sections_are_current():
     text = docgen.PROTOCOL_MD.read_text(encoding="utf-8")
     assert "<!-- BEGIN GENERATED: example -->" in text and "<!-- BEGIN GENERATED: budget -->" in text
-    assert docgen.render(text) == text, "run: python -m stethoedge.firmware_bridge.docgen --write"
+    assert docgen.render(text) == text, "run: python tests/support/docgen.py --write"
 
 
 def _code_blocks_after(text: str, marker: str) -> list[bytes]:

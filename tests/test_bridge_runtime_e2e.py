@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stethoedge.firmware_bridge import ctools
+from support import ctools
 from stethoedge.firmware_bridge.links import PtyPair
 from stethoedge.firmware_bridge.serial_source import BridgeSource
 from stethoedge.runtime.engine import Classifier

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stethoedge.firmware_bridge import adpcm, cobs, ctools, faults
+from stethoedge.firmware_bridge import adpcm, cobs
+from support import ctools, faults
 from stethoedge.firmware_bridge.crc import crc32
 from stethoedge.firmware_bridge.device_simulator import DeviceEncoder, DeviceSimulator, device_stream
 from stethoedge.firmware_bridge.errors import BridgeError, ProtocolError

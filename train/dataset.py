@@ -21,7 +21,7 @@ from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.outputs import output_path
 from stethoedge.runtime.padding import cyclic_pad
 from stethoedge.train.features_torch import log_mel_fbank_torch, normalize_torch
-from stethoedge.train.icbhi import Recording, list_recordings, load_cycles, patient_holdout
+from stethoedge.data.icbhi import Recording, list_recordings, load_cycles, patient_holdout
 
 log = logging.getLogger("stethoedge.train")
 
@@ -136,7 +136,7 @@ def load_synthetic(roots: list[str], spec: FeatureSpec) -> CycleWindows:
     The split file of a synthetic set is ignored: synthetic data never enters validation or test.
     """
     from stethoedge.runtime.labels import CLASSES
-    from stethoedge.train.folders import list_folder_dataset, load_folder_items
+    from stethoedge.data.folders import list_folder_dataset, load_folder_items
 
     parts = []
     for root in roots:

@@ -38,8 +38,8 @@ from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec, efficientat_spec
 from stethoedge.runtime.features import kaldi_mel
 from stethoedge.train.efficientat import MNConfig, MobileNetV3Audio, load_efficientat
-from stethoedge.train.evaluation import report
-from stethoedge.train.metrics import confusion_matrix, icbhi_scores
+from stethoedge.data.evaluation import report
+from stethoedge.data.metrics import confusion_matrix, icbhi_scores
 from stethoedge.train.options import from_options
 from stethoedge.train.sam import SAM
 from stethoedge.train.sources import ExampleTable, SourceConfig, build_table, summary

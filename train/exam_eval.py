@@ -40,7 +40,7 @@ def _audio_files(folder: Path) -> list[Path]:
 
 def spr_patient(stem: str) -> str:
     """SPRSound patient id of a file name (the training parser's rule: train/sprsound.py parse_stem)."""
-    from stethoedge.train.sprsound import parse_stem
+    from stethoedge.data.sprsound import parse_stem
 
     return parse_stem(stem)[0]
 
@@ -48,7 +48,7 @@ def spr_patient(stem: str) -> str:
 def validation_patients(seed: int = 0, fraction: float = 0.2) -> set[str]:
     """The train2022 patients held out of the shipped model's training (train/sources.py, its seed and fraction)."""
     from stethoedge.train.sources import hold_out_patients
-    from stethoedge.train.sprsound import list_records
+    from stethoedge.data.sprsound import list_records
 
     records = list_records(SPR_ROOT, ("train2022",))
     return hold_out_patients([r.patient for r in records], fraction, seed)
@@ -143,7 +143,7 @@ def _load_cached(cache: Path, folder: str) -> list[dict[str, Any]]:
 
 def spr_truths(records: list[dict[str, Any]], folder: str) -> None:
     """Attach each SPRSound recording's record label (its JSON annotation) as ``truth``."""
-    from stethoedge.train.sprsound import parse_annotation
+    from stethoedge.data.sprsound import parse_annotation
 
     for r in records:
         label, _ = parse_annotation(Path(SPR_ROOT) / folder / f"{r['stem']}.json")
@@ -153,7 +153,7 @@ def spr_truths(records: list[dict[str, Any]], folder: str) -> None:
 def icbhi_records(cache: Path) -> list[dict[str, Any]]:
     """ICBHI recordings of patients held out of the shipped model's training and selection, with truth
     adventitious when any annotated cycle has a crackle or a wheeze (deduplicated by name)."""
-    from stethoedge.train.icbhi import parse_annotation
+    from stethoedge.data.icbhi import parse_annotation
 
     splits = json.loads((Path(__file__).resolve().parents[1] / "models/reports/respiratory-mn04.splits.json").read_text())
     seen_patients = {s.split("_")[0] for s in splits["train"] + splits["val"]}
@@ -224,7 +224,7 @@ def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
 
 def scored(truths: list[str], calls: list[str], patients: list[str], n_boot: int = 1000) -> dict[str, Any]:
     """Point metrics with 95 % patient-bootstrap intervals, for the exam and for the trivial "always normal"."""
-    from stethoedge.train.evaluation import patient_bootstrap
+    from stethoedge.data.evaluation import patient_bootstrap
 
     y = np.array([CODES[t] for t in truths])
     out: dict[str, Any] = {"n": int(y.size), "n_patients": len(set(patients)),

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stethoedge.runtime.bundle import atomic_write_text
+from stethoedge.runtime.outputs import atomic_write_text
 from stethoedge.runtime.errors import DataError
 from stethoedge.train.generators import MEL_KINDS, create
 from stethoedge.train.generators.data import load_melsets
@@ -86,7 +86,7 @@ def evaluate_ensemble(run_dirs: list[Path], out: Path, data: str, val_fraction: 
     from stethoedge.train.checkpoint import load_checkpoint
     from stethoedge.train.dataset import fbank_batches, load_windows, split_recordings
     from stethoedge.train.ensemble import save_ensemble_run
-    from stethoedge.train.metrics import evaluate, softmax
+    from stethoedge.data.metrics import evaluate, softmax
 
     save_ensemble_run([str(r) for r in run_dirs], out)
     loaded = load_checkpoint(out)

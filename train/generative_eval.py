@@ -24,7 +24,7 @@ from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.labels import CLASSES
 from stethoedge.train.generators.base import MelGenerator, MelSet
-from stethoedge.train.metrics import evaluate
+from stethoedge.data.metrics import evaluate
 
 Embedder = Callable[[torch.Tensor, FeatureSpec], np.ndarray]
 

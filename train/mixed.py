@@ -26,7 +26,7 @@ from stethoedge.runtime.labels import CLASSES
 from stethoedge.runtime.outputs import check_output_dir, install_dir, temp_dir_beside
 from stethoedge.train.generators.base import MelGenerator, MelSet
 from stethoedge.train.generators.diffwave import DiffWaveVocoder
-from stethoedge.train.icbhi import SPLIT_FILENAME
+from stethoedge.data.icbhi import SPLIT_FILENAME
 
 MODES: tuple[str, ...] = ("per-class", "minority", "balance")
 #: Synthetic patients are numbered from here (class index added), far from ICBHI's 101-226.

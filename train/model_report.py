@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from stethoedge.runtime.bundle import atomic_write_text
+from stethoedge.runtime.outputs import atomic_write_text
 
 ROLE_TITLES = {
     "test-inter": "SPRSound test2022_inter (41 unseen patients: the honest SPRSound number)",

@@ -185,7 +185,7 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, k: int, l2: float = 1e-3, iters: 
 
 def build(sprsound: Path, seed: int = 0) -> dict[str, Any]:
     """Features and labels of every window: real (per split) and synthetic (fit / val / test bases)."""
-    from stethoedge.train.sprsound import list_records
+    from stethoedge.data.sprsound import list_records
 
     rng = np.random.default_rng(seed)
     recs = list_records(sprsound)
@@ -264,7 +264,7 @@ def task21(truth: list[str], pred: list[str]) -> dict[str, float]:
     """SPRSound Task 2-1 (record level Normal / Adventitious / Poor Quality) as used here:
     Se = correctly classified non-Normal records (Adventitious and Poor Quality, exact class) / all
     non-Normal records, Sp = correct Normal / all Normal, Score = mean(Average Score, Harmonic Score)."""
-    from stethoedge.train.evaluation import challenge_scores
+    from stethoedge.data.evaluation import challenge_scores
 
     t, p = np.array(truth), np.array(pred)
     normal = t == "Normal"

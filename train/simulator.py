@@ -33,7 +33,7 @@ from stethoedge.runtime.audio_io import resample, write_wav
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.labels import CLASSES
 from stethoedge.runtime.outputs import atomic_write_text, check_output_dir, is_temporary_name
-from stethoedge.train.icbhi import LOCATIONS, SPLIT_FILENAME, Cycle
+from stethoedge.data.icbhi import LOCATIONS, SPLIT_FILENAME, Cycle
 
 SYNTH_RATE = 16000
 FIRST_PATIENT = 301  # real ICBHI patients are 101-226

@@ -30,8 +30,8 @@ from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.features import compute_features
 from stethoedge.runtime.outputs import atomic_write_text, open_output
 from stethoedge.runtime.padding import cyclic_pad
-from stethoedge.train.icbhi import list_recordings, load_cycles
-from stethoedge.train.sprsound import list_records, load_events
+from stethoedge.data.icbhi import list_recordings, load_cycles
+from stethoedge.data.sprsound import list_records, load_events
 
 log = logging.getLogger("stethoedge.train")
 

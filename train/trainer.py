@@ -47,7 +47,7 @@ from stethoedge.train.dataset import (CycleWindows, cached_fbank, load_synthetic
 from stethoedge.train.distill import distillation_loss
 from stethoedge.train.domain import REAL, SYNTHETIC, DomainHead, aft_loss
 from stethoedge.train.ema import make_ema
-from stethoedge.train.metrics import evaluate, softmax
+from stethoedge.data.metrics import evaluate, softmax
 from stethoedge.train.options import from_options
 from stethoedge.train.model import AST, count_parameters, gflops_per_window, preset_config
 from stethoedge.train.progress import progress_bar
@@ -560,7 +560,7 @@ def _write_reports(out: Path, metrics: dict[str, Any]) -> None:
 
 def train_seeds(cfg: TrainConfig, seeds: list[int]) -> dict[str, Any]:
     """One run per seed under RUN/seed-N; RUN/summary.json holds mean +- sd of val and test metrics."""
-    from stethoedge.train.metrics import summarize_seeds
+    from stethoedge.data.metrics import summarize_seeds
 
     out = Path(cfg.out)
     runs = {}

@@ -1,9 +1,10 @@
 """TensorRT backend: runs an engine built ON the target (``stethoedge build-engine``).
 
-A serialized engine only runs on the TensorRT version (and GPU) that built it. The bundle's
-artifact entry records the build environment (``engine``: tensorrt, cuda, jetpack/l4t, gpu);
-before deserializing, that entry is compared with this device and a mismatch is refused with
-the exact rebuild command. Execution goes through polygraphy's TrtRunner (device buffers via
+A serialized engine only runs on the TensorRT version (and GPU) that built it. The engine's
+artifact entry (signed manifest, or the device's engines.json overlay) records the build
+environment (``engine``: tensorrt, cuda, jetpack/l4t, gpu); before deserializing, that entry is
+compared with this device (``compare_engine_env``) and a mismatch is refused with the exact
+rebuild command. Execution goes through polygraphy's TrtRunner (device buffers via
 its own CUDA wrapper), so the runtime needs no pycuda or torch.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,10 @@ from stethoedge.runtime.errors import BackendError, BundleError
 
 INSTALL = ("JetPack ships TensorRT (python3-libnvinfer) and trtexec (/usr/src/tensorrt/bin); "
            "then pip install polygraphy. Not available on Raspberry Pi (no NVIDIA GPU).")
-#: Keys of the engine entry that must match the device exactly for an engine to be loaded.
-MATCH_KEYS = ("tensorrt", "cuda_major", "gpu")
+#: Keys of the engine entry that must match the device exactly for an engine to be loaded: the
+#: TensorRT version, the CUDA version (full, then major for entries that only recorded the major)
+#: and the GPU name. A key the engine recorded that the device cannot report is refused.
+MATCH_KEYS = ("tensorrt", "cuda", "cuda_major", "gpu")
 
 
 def _read(path: str) -> str | None:
@@ -86,22 +90,67 @@ def rebuild_command(bundle_root: str | os.PathLike, precision: str) -> str:
     return f"stethoedge build-engine {bundle_root} --precision {precision}"
 
 
+def compare_engine_env(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Mismatches between the environment an engine was built in and this device's (pure function).
+
+    Every key of ``MATCH_KEYS`` the engine recorded must equal the device's value; a recorded key
+    the device cannot determine (None) is a mismatch too ("unknown"), never a silent pass. Keys the
+    engine did not record (older entries) are skipped, except TensorRT and the GPU, which are required.
+    """
+    problems = []
+    for key in MATCH_KEYS:
+        built, here = recorded.get(key), current.get(key)
+        if built in (None, "") and key not in ("tensorrt", "gpu"):
+            continue
+        if built in (None, ""):
+            problems.append(f"{key} not recorded by the engine (built before GPU checks; rebuild it)")
+        elif here in (None, ""):
+            problems.append(f"{key} {built} (engine) vs unknown (this device cannot report its {key})")
+        elif str(built).strip() != str(here).strip():
+            problems.append(f"{key} {built} (engine) vs {here} (this device)")
+    return problems
+
+
+@dataclass(frozen=True)
+class EngineEnv:
+    """The environment a TensorRT engine is tied to (recorded in its entry as ``engine``)."""
+
+    tensorrt: str | None = None
+    cuda: str | None = None
+    cuda_major: str | None = None
+    gpu: str | None = None
+    l4t: str | None = None
+    jetpack: str | None = None
+
+    @classmethod
+    def current(cls) -> "EngineEnv":
+        """This device's environment (GPU name included)."""
+        return cls.from_dict(device_environment(gpu=gpu_name()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EngineEnv":
+        """From an engine entry (extra keys such as builder or max_batch are ignored)."""
+        return cls(**{k: (None if data.get(k) is None else str(data[k])) for k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, the keys ``device_environment`` reports."""
+        return asdict(self)
+
+    def mismatches(self, built: "EngineEnv | dict[str, Any]") -> list[str]:
+        """``compare_engine_env(built, self)``: why an engine built in ``built`` cannot run here."""
+        return compare_engine_env(built.to_dict() if isinstance(built, EngineEnv) else built, self.to_dict())
+
+
 def check_engine_compatible(entry: dict[str, Any], device: dict[str, Any], bundle_root: str | os.PathLike,
                             precision: str) -> None:
     """Refuse (BundleError with the rebuild command) when the engine was built for another environment.
 
-    TensorRT engines are tied to the exact TensorRT version, the CUDA major version and the GPU
-    model; a key the device cannot report (None) is not held against the engine, except TensorRT.
+    TensorRT engines are tied to the exact TensorRT version, the CUDA version and the GPU model
+    (``compare_engine_env``); a device that cannot report one of them cannot prove it matches.
     """
     if not device.get("tensorrt"):
         raise BackendError(f"TensorRT is not installed on this device; {INSTALL}")
-    problems = []
-    for key in MATCH_KEYS:
-        built, here = entry.get(key), device.get(key)
-        if key != "tensorrt" and (built is None or here is None):
-            continue
-        if str(built) != str(here):
-            problems.append(f"{key} {built} (engine) vs {here} (this device)")
+    problems = compare_engine_env(entry, device)
     if problems:
         raise BundleError(
             "TensorRT engine was built for another environment: " + "; ".join(problems)
@@ -109,13 +158,48 @@ def check_engine_compatible(entry: dict[str, Any], device: dict[str, Any], bundl
         )
 
 
-def gpu_name() -> str | None:
-    """Name of CUDA device 0 through polygraphy's CUDA wrapper, or None without a GPU."""
+def _gpu_name_nvidia_smi() -> str | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
     try:
-        from polygraphy import cuda as pcuda  # type: ignore[import-not-found]
+        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader", "-i", "0"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines() if out.returncode == 0 else []
+    return lines[0].strip() if lines and lines[0].strip() else None
 
-        return str(pcuda.wrapper().get_device_name()) if hasattr(pcuda.wrapper(), "get_device_name") else None
-    except Exception:  # no driver, no libcudart: simply unknown
+
+def _gpu_name_cudart() -> str | None:
+    """cudaGetDeviceProperties(0).name through libcudart (ctypes; ``name`` is the struct's first field,
+    char[256], in every CUDA version). Covers Jetsons whose JetPack has no nvidia-smi."""
+    import ctypes
+    import ctypes.util
+
+    candidates = [ctypes.util.find_library("cudart"), "libcudart.so", "/usr/local/cuda/lib64/libcudart.so"]
+    for lib in filter(None, candidates):
+        try:
+            cudart = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        props = ctypes.create_string_buffer(8192)  # > sizeof(cudaDeviceProp) of any CUDA release
+        for symbol in ("cudaGetDeviceProperties_v2", "cudaGetDeviceProperties"):
+            fn = getattr(cudart, symbol, None)
+            if fn is not None and fn(props, 0) == 0:
+                name = props.raw[:256].split(b"\0", 1)[0].decode(errors="replace").strip()
+                return name or None
+    return None
+
+
+def gpu_name() -> str | None:
+    """Name of GPU 0 (``nvidia-smi --query-gpu=name``, else libcudart's device properties), None if unknown.
+
+    (polygraphy's CUDA wrapper has no device-name query: it exposes malloc/memcpy/streams only.)
+    """
+    try:
+        return _gpu_name_nvidia_smi() or _gpu_name_cudart()
+    except Exception:  # a broken driver install: unknown, and compare_engine_env refuses "unknown"
         return None
 
 

@@ -13,7 +13,7 @@ from stethoedge.runtime.padding import cyclic_pad
 from stethoedge.train.dataset import split_recordings
 from stethoedge.train.features_torch import log_mel_fbank_torch, normalize_torch
 from stethoedge.train.generators.base import MelSet
-from stethoedge.train.icbhi import Recording, load_cycles
+from stethoedge.data.icbhi import Recording, load_cycles
 
 
 def generator_spec(n_mels: int, base: FeatureSpec | None = None) -> FeatureSpec:

@@ -1,8 +1,8 @@
 """Sections of PROTOCOL.md that are generated from the code: worked example frames and the
 bandwidth budget. The tests fail if the document and the encoder disagree.
 
-    python -m stethoedge.firmware_bridge.docgen          # exit 1 if PROTOCOL.md is stale
-    python -m stethoedge.firmware_bridge.docgen --write  # regenerate the sections in place
+    python tests/support/docgen.py          # exit 1 if PROTOCOL.md is stale
+    python tests/support/docgen.py --write  # regenerate the sections in place
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+import stethoedge.firmware_bridge as _bridge
 from stethoedge.firmware_bridge import cobs
 from stethoedge.firmware_bridge.adpcm import packed_size
 from stethoedge.firmware_bridge.framing import build_frame
@@ -25,7 +26,7 @@ from stethoedge.firmware_bridge.protocol import (
     cobs_max_encoded_len,
 )
 
-PROTOCOL_MD = Path(__file__).resolve().parent / "PROTOCOL.md"
+PROTOCOL_MD = Path(_bridge.__file__).resolve().parent / "PROTOCOL.md"
 _BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)",
                     re.S)
 

@@ -15,7 +15,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-C_DIR = Path(__file__).resolve().parent / "c"
+import stethoedge.firmware_bridge as _bridge
+
+C_DIR = Path(_bridge.__file__).resolve().parent / "c"  # shipped with the package (package_data)
 LIBRARY = ("seb_proto.c", "seb_cobs.c", "seb_crc32.c", "seb_adpcm.c")
 STRICT_FLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic")
 
