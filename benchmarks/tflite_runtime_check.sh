@@ -37,8 +37,9 @@ install_wheel "$TFLRT_VENV/bin/python" "$WHEEL" runtime "numpy<2" tflite-runtime
 if "$TFLRT_VENV/bin/python" -c 'import ai_edge_litert' 2>/dev/null; then
   die "$TFLRT_VENV has ai-edge-litert installed; the fallback would not load (remove the venv)"
 fi
-"$TFLRT_VENV/bin/python" -m pip check >/dev/null || die "pip check failed in $TFLRT_VENV: $("$TFLRT_VENV/bin/python" -m pip check)"
-say "$TFLRT_VENV: $("$TFLRT_VENV/bin/python" -m pip freeze | grep -iE '^(numpy|tflite-runtime|onnxruntime)==' | tr '\n' ' ')"
+PY=$TFLRT_VENV/bin/python
+"$PY" -m pip check >/dev/null || die "pip check failed in $TFLRT_VENV: $("$PY" -m pip check)"
+say "$TFLRT_VENV: $("$PY" -m pip freeze | grep -iE '^(numpy|tflite-runtime|onnxruntime)==' | tr '\n' ' ')"
 FULL=(--bundle "all=$FULL_BUNDLE")
 if ! ensure_full_bundle; then
   say "WARNING: the bundle with every artifact kind is not available, so only the shipped model's artifacts are"

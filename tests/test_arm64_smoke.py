@@ -4,13 +4,13 @@ The script builds (once) an arm64 root filesystem, installs the wheel there from
 wheels, and compares every window's logits with x86-64 (the run's own output is the evidence; the
 table is in $STETHOEDGE_CACHE/arm64/last-run/summary.md). Emulation is slow, so in CI this test runs
 the script's --quick mode (Pi 5 CPU, 3 recordings, every artifact's self-test, listen --replay and
---bridge; about 6 minutes on 2 cores) and only when its inputs are already cached: building the root
-filesystem (~4 minutes, network) or exporting the bundle with every artifact kind (~10 minutes, needs
-the training run) inside CI's 30 minutes is left to whoever opts in.
+--bridge; 5 minutes on 2 idle cores, 6.5 with other jobs on them) and only when its inputs are already
+cached: building the root filesystem (~4.5 minutes, network) and exporting the bundle with every
+artifact kind (5-10 minutes, needs the training run) inside CI's 30 minutes is left to whoever opts in.
 
     STETHOEDGE_ARM64=0      never run (skip)
     STETHOEDGE_ARM64=1      run --quick, building whatever is not cached
-    STETHOEDGE_ARM64=full   the full run (every recording, Pi 5 and Pi 4 CPUs; ~25 minutes cached)
+    STETHOEDGE_ARM64=full   the full run (every recording, Pi 5 and Pi 4 CPUs; ~20 minutes)
     unset                   run --quick when the cache exists, else skip naming what is missing
 """
 from __future__ import annotations

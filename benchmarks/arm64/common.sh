@@ -15,7 +15,7 @@ say() { printf '%s\n' "$*"; }
 # pip's warnings about this host's unused local index folders are noise here.
 quiet_pip() { "$@" 2>&1 | sed '/is ignored: it is neither a file nor a directory/d'; }
 step() { printf '\n== [%4ss] %s\n' "$SECONDS" "$*"; }
-die() { printf 'arm64-smoke: %s\n' "$*" >&2; exit "${2:-2}"; }
+die() { printf '%s: %s\n' "$(basename "$0" .sh)" "$1" >&2; exit "${2:-2}"; }
 
 # The recordings compared: the 13 ICBHI files, the 32-bit PCM variant and one SPRSound FLAC.
 # quick: one of each encoding (24-bit 44.1 kHz, 16-bit 4 kHz, 8 kHz FLAC).
@@ -31,7 +31,8 @@ audio_list() {
 }
 
 check_data() {
-  [[ -d $ICBHI/audio_and_txt_files ]] || die "no ICBHI sample at $ICBHI (set STETHOEDGE_SHARED to the folder holding data/)"
+  [[ -d $ICBHI/audio_and_txt_files ]] \
+    || die "no ICBHI sample at $ICBHI (set STETHOEDGE_SHARED to the folder holding data/)"
   [[ -f $SHARED/data/sprsound/$SPRSOUND_FILE ]] || die "no SPRSound recording $SHARED/data/sprsound/$SPRSOUND_FILE"
 }
 
@@ -48,19 +49,22 @@ build_wheel() {
 }
 
 ensure_x86_venv() {
-  [[ -x $X86_VENV/bin/python ]] || { "$HOST_PY" -m venv "$X86_VENV" && quiet_pip "$X86_VENV/bin/python" -m pip install -q setuptools wheel; } \
+  [[ -x $X86_VENV/bin/python ]] && return 0
+  { "$HOST_PY" -m venv "$X86_VENV" && quiet_pip "$X86_VENV/bin/python" -m pip install -q setuptools wheel; } \
     || die "cannot create $X86_VENV"
 }
 
 install_wheel() {  # install_wheel VENV_PYTHON WHEEL EXTRAS [more specs...]
   local py=$1 whl=$2 extras=$3; shift 3
   quiet_pip "$py" -m pip install -q --no-deps --force-reinstall "$whl" || die "pip could not install $whl"
-  quiet_pip "$py" -m pip install -q --only-binary=:all: "$whl[$extras]" "$@" || die "pip could not install $whl[$extras] $*"
+  quiet_pip "$py" -m pip install -q --only-binary=:all: "$whl[$extras]" "$@" \
+    || die "pip could not install $whl[$extras] $*"
 }
 
 # The bundle with every artifact kind: cached; exported once from a training run with the repository's
 # .venv (torch, litert-torch): ../runs/edge-b is the run the shipped model came from.
-ensure_full_bundle() {  # returns 1 with the reason in $FULL_BUNDLE_MISSING when there is none and none can be made
+# Returns 1, with the reason in $FULL_BUNDLE_MISSING, when there is none and none can be made.
+ensure_full_bundle() {
   [[ -f $FULL_BUNDLE/manifest.json ]] && return 0
   local run=${STETHOEDGE_ARM64_RUN:-$REPO/../runs/edge-b}
   if [[ ! -f $run/checkpoint.pt ]]; then

@@ -10,11 +10,14 @@ python of a venv that has the stethoedge wheel installed; it only needs the runt
               recording each window's features, logits and probabilities; every other artifact runs on
               every ``--stride``-th of those feature windows.
     bridge    OUT.json --bundle DIR --audio WAV
-              ``stethoedge listen --replay WAV --fast`` and ``stethoedge listen --bridge PTY``, the device
-              side played by firmware_bridge.device_simulator over a pty pair made here (paced in real
-              time, so the host never falls behind); RESULT frames the host sends back are recorded.
-    compare   REF.json GOT.json ...   The x86-vs-arm64 table; exit 1 on any difference over tolerance.
-    selftests RESULT.json ...          The self-test verdicts as a table (used for tflite-runtime).
+              The recording as a stethoscope sends it (16 kHz int16, cut to whole hops) through
+              ``stethoedge listen --replay --fast`` and ``stethoedge listen --bridge PTY``, the device side
+              played by firmware_bridge.device_simulator over a pty pair made here (paced in real time);
+              the RESULT frames the host sends back are recorded and must match its decisions, and the
+              bridge must decide exactly what the replay decided.
+    compare   REF.json GOT.json ... [--bridge B.json --bridge-ref A.json]
+              Self-test verdicts and every window's logits/probabilities/labels against the reference,
+              as Markdown tables; exit 1 on any difference over an artifact's tolerance.
 
 Child processes (``listen``) start through ``$STETHOEDGE_EXEC_PREFIX`` when set: without binfmt_misc
 the kernel cannot exec an arm64 binary, so the smoke script sets it to the qemu-user binary.
@@ -274,8 +277,16 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         sim = DeviceSimulator(pty.link(), pcm, 16000, realtime=True, wait_start=True,
-                              start_timeout=args.timeout, linger=args.linger, on_host_message=on_host)
+                              start_timeout=args.timeout, on_host_message=on_host)
         report = sim.run()
+        # The device keeps listening for RESULT frames until the host has finished (an emulated host
+        # decides the last window seconds after the audio ended), then a moment longer.
+        deadline = time.monotonic() + args.timeout
+        while listen.poll() is None and time.monotonic() < deadline:
+            sim.poll_host(0.05)
+        end = time.monotonic() + args.linger
+        while time.monotonic() < end:
+            sim.poll_host(0.05)
         stdout, stderr = listen.communicate(timeout=args.timeout)
     finally:
         pty.close()
@@ -507,7 +518,7 @@ def _compare_bridge(ref: dict, got: dict, args: argparse.Namespace) -> bool:
         mine = got.get(kind, [])
         theirs = x86.get(kind, []) if x86 else []
         pairs = _match(theirs, mine)
-        s = _pair_stats(pairs, key="none")
+        s = _pair_stats(pairs, key="none")  # JSON lines carry probabilities only: |dp| <= |dlogit| / 2 (softmax)
         skipped = sum(w.get("skipped_before", 0) for w in mine)
         good = bool(pairs) and len(pairs) == len(theirs) == len(mine) and s["same_label"] == s["windows"] \
             and s["max_dp"] <= tol / 2
@@ -519,25 +530,6 @@ def _compare_bridge(ref: dict, got: dict, args: argparse.Namespace) -> bool:
          f"the bridge decided exactly what the replay decided: {got.get('bridge_equals_replay')}")
     _say(f"RESULT {'PASS' if ok else 'FAIL'}: listen --replay and --bridge")
     return ok
-
-
-def cmd_selftests(args: argparse.Namespace) -> int:
-    _say("| platform | interpreter | bundle | artifact | precision | self-test | max logit diff | tolerance | detail |")
-    _say("|---|---|---|---|---|---|---|---|---|")
-    for path in args.results:
-        res = json.loads(Path(path).read_text())
-        v = res["versions"]
-        where = f"{v['machine']}" + (f" ({v['qemu_cpu']})" if v.get("qemu_cpu") else "") + f", numpy {v['numpy']}"
-        for bname, b in res["bundles"].items():
-            for aname, a in b["artifacts"].items():
-                if args.format and a["format"] != args.format:
-                    continue
-                msg = a.get("message", "")
-                detail = msg.split(": ", 1)[-1][:110] if msg else ""
-                _say(f"| {where} | {a.get('library', '-')} | {bname} | {aname} | {a['precision']} | "
-                     f"{a['selftest'].upper() if a['selftest'] != 'passed' else 'passed'} | "
-                     f"{_fmt(a.get('selftest_diff'), '.3g')} | {a['tolerance']:.3g} | {detail} |")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -559,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", required=True)
     p.add_argument("--audio", required=True)
     p.add_argument("--timeout", type=float, default=600.0)
-    p.add_argument("--linger", type=float, default=4.0, help="device: listen for RESULT frames this long after the audio")
+    p.add_argument("--linger", type=float, default=1.0,
+                   help="device: listen for RESULT frames this long after the host process ended")
     p.add_argument("--keep-tail", action="store_true", help="do not cut the recording to a whole number of hops")
     p.set_defaults(func=cmd_bridge)
     p = sub.add_parser("compare")
@@ -572,10 +565,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-refusals", action="store_true",
                    help="a self-test refusal where REF passed is reported, not a failure (another interpreter)")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("selftests")
-    p.add_argument("results", nargs="+")
-    p.add_argument("--format", default=None, help="only artifacts of this format (tflite)")
-    p.set_defaults(func=cmd_selftests)
     args = ap.parse_args(argv)
     return args.func(args)
 
