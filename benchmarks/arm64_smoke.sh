@@ -26,7 +26,8 @@
 #   4. the tflite-runtime fallback on arm64: self-test verdict per tflite artifact; what passes is compared
 #      with ai-edge-litert on x86-64
 # Exit status: 0 when everything matches within each artifact's stated tolerance, 1 when not, 2 when it
-# could not run (the reason on stderr). Results: $STETHOEDGE_CACHE/arm64/last-run/ (summary.md, *.json).
+# could not run (the reason on stderr), 3 when this machine cannot emulate (chroot, mounts or qemu-user
+# refused; the reason on stderr). Results: $STETHOEDGE_CACHE/arm64/last-run/ (summary.md, *.json).
 #
 # --quick (CI): the Pi 5 CPU only; 3 recordings (24-bit 44.1 kHz, 16-bit 4 kHz, 8 kHz FLAC); the full
 # bundle's and the tflite-runtime artifacts self-tested but not run on recordings.
@@ -50,9 +51,9 @@ source "$(dirname "$SELF")/arm64/common.sh"  # (it changes to /)
 [[ $(id -u) == 0 ]] || die "needs root (chroot and mounts); run it with sudo"
 [[ $(uname -m) == x86_64 ]] || die "the host must be x86-64 (it is the reference the arm64 results are compared with)"
 # Mounts made below live in a private mount namespace: they vanish with this process, whatever happens.
-if [[ -z ${_ARM64_SMOKE_NS:-} ]] && command -v unshare >/dev/null; then
+if [[ -z ${_ARM64_SMOKE_NS:-} ]] && unshare --mount --propagation private true 2>/dev/null; then
   exec unshare --mount --propagation private env _ARM64_SMOKE_NS=1 bash "$SELF" "$@"
-fi
+fi  # (without a private namespace, cleanup() unmounts what this script mounted)
 
 A=$CACHE/arm64
 TARBALL=$CACHE/arm64-rootfs.tar
@@ -185,6 +186,12 @@ install_in_root() {  # the wheel (and whatever its requirements now need) into b
   done
 }
 
+probe_emulation() {  # exit 3 (this machine cannot emulate) rather than fail later for the same reason
+  local why
+  why=$(arm "$PRIMARY" /usr/bin/python3 -c 'import platform; assert platform.machine() == "aarch64"' 2>&1) \
+    || die "cannot run arm64 programs here (chroot + $EMU): ${why:-no output}" 3
+}
+
 rm -rf "$ROOT"
 if [[ $REBUILD == 1 || ! -f $TARBALL ]]; then
   step "building the Debian bookworm arm64 root filesystem (mmdebstrap --variant=extract)"
@@ -196,6 +203,7 @@ if [[ $REBUILD == 1 || ! -f $TARBALL ]]; then
     || { tail -20 "$OUT/mmdebstrap.log"; die "mmdebstrap failed (log: $OUT/mmdebstrap.log)"; }
   tar -C "$ROOT" -xf "$A/base.tar" && rm -f "$A/base.tar"
   cp "$EMU" "$ROOT$EMU"
+  probe_emulation
   # What the skipped maintainer scripts do that Python and pip need: users, the loader cache.
   cp "$ROOT/usr/share/base-passwd/passwd.master" "$ROOT/etc/passwd"
   cp "$ROOT/usr/share/base-passwd/group.master" "$ROOT/etc/group"
@@ -223,6 +231,7 @@ else
   step "unpacking the cached root filesystem $TARBALL ($(du -h "$TARBALL" | cut -f1), $(date -r "$TARBALL" '+%F %R'))"
   t=$(date +%s)
   mkdir -p "$ROOT" && tar -C "$ROOT" -xf "$TARBALL"
+  probe_emulation
   host_files
   install_in_root
   lap rootfs_unpack_and_install "$t"
@@ -246,8 +255,9 @@ cp "$REPO/$DRIVER" "$ROOT/drv/"
 # both, onnxruntime's cpuinfo reads the host's x86 /proc/cpuinfo as ARM and the emulated python crashes
 # (qemu: signal 11); without /sys cpuinfo gives up with warnings and onnxruntime reads the CPU features
 # from the auxiliary vector instead (what QEMU_CPU sets).
-mount -t proc proc "$ROOT/proc"
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$ROOT/dev/pts"
+mount -t proc proc "$ROOT/proc" || die "cannot mount /proc in the root filesystem (needs CAP_SYS_ADMIN)" 3
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$ROOT/dev/pts" \
+  || die "cannot mount a private devpts in the root filesystem (needs CAP_SYS_ADMIN)" 3
 rm -f "$ROOT/dev/ptmx" && ln -s pts/ptmx "$ROOT/dev/ptmx"
 SHIPPED_ARM=$(arm "$PRIMARY" /opt/stethoedge/bin/python -c 'from stethoedge.models import default_bundle
 print(default_bundle())')

@@ -172,6 +172,10 @@ class RotatingRecorder:
         self.memory_samples += self.memory[-1].shape[0]
         while self.memory_samples - self.memory[0].shape[0] >= self.memory_limit:
             self.memory_samples -= self.memory.popleft().shape[0]
+        excess = self.memory_samples - self.memory_limit
+        if excess > 0:  # exactly the newest memory_limit samples, however large the chunks the stream hands over
+            self.memory[0] = self.memory[0][excess:]
+            self.memory_samples = self.memory_limit
 
     def _write(self, samples: np.ndarray, start_sample: int, gap_before: int) -> None:
         if self._current is not None and (gap_before or start_sample != self._next_stream):

@@ -63,6 +63,9 @@ def test_emulated_arm64_classifies_exactly_like_x86():
     proc = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
                           timeout=(7200 if full else 1800))
     out = proc.stdout + proc.stderr
+    if proc.returncode == 3:  # the script's "this machine cannot emulate" (chroot, mounts, qemu-user refused)
+        said = [line for line in out.splitlines() if line.startswith("arm64_smoke: ")]
+        pytest.skip(said[-1] if said else "arm64 emulation refused here (exit 3)")
     assert proc.returncode == 0, out[-8000:]
     assert "ARM64 SMOKE PASS" in out
     # Not a vacuous pass: the emulated system really ran the runtime and the bridge.
