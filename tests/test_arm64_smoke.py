@@ -29,7 +29,7 @@ CACHE = Path(os.environ.get("STETHOEDGE_CACHE", Path.home() / ".cache" / "stetho
 SHARED = Path(os.environ.get("STETHOEDGE_SHARED", REPO.parent / "shared"))
 TARBALL = CACHE / "arm64-rootfs.tar"
 FULL_BUNDLE = CACHE / "bundle-all" / "manifest.json"
-BUILD = f"sudo {SCRIPT.relative_to(REPO)} (from the repository root)"
+BUILD = f"`sudo {SCRIPT.relative_to(REPO)}` from the repository root"
 
 
 def _why_not() -> str | None:
@@ -49,8 +49,8 @@ def _why_not() -> str | None:
         return None
     missing = [str(p) for p in (TARBALL, FULL_BUNDLE) if not p.exists()]
     if missing:
-        return (f"not cached: {', '.join(missing)}; build them once with `{BUILD}` (cold: ~4 min for the root "
-                f"filesystem plus ~10 min to export the full bundle), or set STETHOEDGE_ARM64=1 to build them here")
+        return (f"not cached: {', '.join(missing)}; build them once with {BUILD} (a full first run, ~21 min, plus "
+                f"5-10 min to export the full bundle if it is missing), or set STETHOEDGE_ARM64=1 to build them here")
     return None
 
 
