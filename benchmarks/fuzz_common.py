@@ -62,6 +62,19 @@ def mutate(data: bytes, rng: np.random.Generator, pool: Sequence[bytes]) -> byte
     return bytes(b)
 
 
+def run_one(target: Callable[[bytes], object], data: bytes, allowed: tuple[type[BaseException], ...],
+            outcomes: Counter[str]) -> str | None:
+    """Run ``target`` on one input and count its outcome; a typed error with a multi-line message is
+    returned as a crash description (other exceptions propagate)."""
+    try:
+        target(data)
+    except allowed as exc:
+        outcomes[type(exc).__name__] += 1
+        return f"multi-line message from {type(exc).__name__}: {exc}" if "\n" in str(exc) else None
+    outcomes["accepted"] += 1
+    return None
+
+
 def run_fuzzer(name: str, seeds: Sequence[bytes], target: Callable[[bytes], object],
                allowed: tuple[type[BaseException], ...], argv: Sequence[str] | None = None,
                tokens: Sequence[bytes] = ()) -> int:
@@ -103,13 +116,9 @@ def run_fuzzer(name: str, seeds: Sequence[bytes], target: Callable[[bytes], obje
         data = base if i < len(seeds) else mutate(base, rng, pool)
         i += 1
         try:
-            target(data)
-            outcomes["accepted"] += 1
-        except allowed as exc:
-            outcomes[type(exc).__name__] += 1
-            if "\n" in str(exc):
-                key = f"multi-line message from {type(exc).__name__}"
-                crashes.setdefault(key, (data, str(exc)))
+            multi_line = run_one(target, data, allowed, outcomes)
+            if multi_line:
+                crashes.setdefault(multi_line.split(":", 1)[0], (data, multi_line))
         except Exception as exc:  # noqa: BLE001 - that is the point: anything else is a crash
             key = f"{type(exc).__name__} at {traceback.extract_tb(exc.__traceback__)[-1].name}"
             crashes.setdefault(key, (data, traceback.format_exc()))
@@ -162,13 +171,9 @@ def run_atheris(name: str, seeds: Sequence[bytes], target: Callable[[bytes], obj
         elif now - clock["last"] >= 5.0:
             clock["last"] = now
             report()
-        try:
-            target(data)
-            outcomes["accepted"] += 1
-        except allowed as exc:
-            outcomes[type(exc).__name__] += 1
-            if "\n" in str(exc):
-                raise AssertionError(f"multi-line message from {type(exc).__name__}: {exc}") from exc
+        multi_line = run_one(target, data, allowed, outcomes)
+        if multi_line:
+            raise AssertionError(multi_line)
 
     n = instrument_stethoedge(atheris)
     budget = ([f"-runs={args.iterations}"] if args.iterations is not None
