@@ -62,8 +62,11 @@ def main() -> int:
           f"{args.windows} windows ({'real audio' if args.audio else 'noise'}); load average {os.getloadavg()[0]:.1f}")
     print(f"features + inference        p50 {p50['model']:8.3f} ms")
     print(f"quality gate, warm caches   p50 {p50['gate']:8.3f} ms")
+    p90 = float(np.percentile(decide_ms, 90))
     print(f"decide (calib+gate+abstain) p50 {p50['decide']:8.3f} ms  = {100 * p50['decide'] / p50['model']:.2f} % "
-          f"of the model; budget 1 ms: {'met' if p50['decide'] <= 1.0 else 'EXCEEDED'}")
+          f"of the model (p90 {p90:.3f} ms); budget 1 ms: {'met' if p50['decide'] <= 1.0 else 'EXCEEDED'}")
+    if bundle.quality is not None:
+        print(f"quality gate features version {bundle.quality.features_version}")
     return 0
 
 

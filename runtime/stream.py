@@ -96,7 +96,10 @@ class StreamEngine:
         self._stop.set()
 
     def run(self, source: AudioSource) -> Iterator[WindowResult]:
-        """Yield one WindowResult per classified window until the source ends or ``stop()``."""
+        """Yield one WindowResult per classified window until the source ends or ``stop()``.
+
+        The caller owns ``source`` and closes it: the engine closes it only to stop a capture thread early
+        (``stop()``, an error, the results no longer wanted), never merely because the source ended."""
         cfg = self.config
         core = self.clf.streaming(cfg.hop_s, cfg.min_s, cfg.smoothing, incremental=cfg.incremental,
                                   max_backend_errors=cfg.max_backend_errors, stats=self.stats)
@@ -137,6 +140,7 @@ class StreamEngine:
         """Pump ``source`` into a ring on a thread; yield what the ring holds each time the worker asks."""
         ring = SampleRing(max(1, int(self.config.ring_seconds * source.sample_rate)))
         failure: list[BaseException] = []
+        pump_done = threading.Event()  # the pump has left source.chunks() (end of stream, an error or stop())
 
         def pump() -> None:
             try:
@@ -147,6 +151,7 @@ class StreamEngine:
             except BaseException as exc:  # handed to the worker, raised there
                 failure.append(exc)
             finally:
+                pump_done.set()  # before the worker can see the ring closed
                 ring.closed = True
                 ring.close()
 
@@ -165,7 +170,11 @@ class StreamEngine:
                 raise failure[0]
         finally:
             ring.close()
-            source.close()
+            # Close the source only to interrupt a pump still inside source.chunks() (stop(), an error in the
+            # worker, the consumer gone). At the end of the stream it stays open: the last (flushed) windows are yielded
+            # after this, and a sink may still write to it (the bridge's RESULT frames); its owner closes it.
+            if not pump_done.is_set():
+                source.close()
             thread.join(timeout=5.0)
             s = ring.stats
             self.stats.ring_overflows, self.stats.ring_samples_dropped = s.overflows, s.samples_dropped

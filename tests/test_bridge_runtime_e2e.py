@@ -88,3 +88,57 @@ def test_listen_cli_on_the_bridge(bundle_dir: Path, tmp_path: Path):
     assert [r["end_s"] for r in records] == pytest.approx([2.0, 4.0, 6.0])
     assert "0 CRC errors, 0 gaps" in out
     assert firmware.stderr.decode().count("host RESULT") == 3
+
+
+def test_listen_bridge_sends_the_tail_window_result_when_the_stream_ends_between_hops(tmp_path: Path):
+    """A stream that ends between two hops gets one last, cyclically padded (tail) window after the device's
+    last frame. Its RESULT must still reach the device, and listen must exit 0 (it used to fail with
+    "source is closed": the engine closed the bridge at end of stream, before the tail window was decided)."""
+    import json
+    import os
+    import sys
+    import time
+
+    from stethoedge.firmware_bridge.device_simulator import DeviceSimulator
+    from stethoedge.firmware_bridge.messages import Result
+    from stethoedge.models import default_bundle
+    from stethoedge.runtime.sources import FileSource
+
+    hop, min_s, seconds = 2.0, 2.0, 7.3  # windows end at 2, 4, 6 s, then the tail at 7.3 s (< 8 s: padded)
+    audio, _ = simulate_recording(3, "copd", "Litt3200", seconds)
+    pcm = np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16)
+    assert pcm.shape[0] % int(hop * 16000) != 0  # the stream ends between two hops
+    wav = tmp_path / "tail.wav"
+    sf.write(wav, pcm, 16000, subtype="PCM_16")
+    bundle = default_bundle()
+    clf = Classifier.open(bundle)
+    expected = list(clf.classify(FileSource(wav), hop_s=hop, min_s=min_s))  # what `classify` reports
+    assert expected[-1].end_s == pytest.approx(seconds) and expected[-1].padded
+    jsonl = tmp_path / "out.jsonl"
+    pty = PtyPair()
+    listen = subprocess.Popen([sys.executable, "-m", "stethoedge", "listen", str(bundle), "--bridge", pty.slave_name,
+                               "--hop", str(hop), "--min-seconds", str(min_s), "--jsonl", str(jsonl),
+                               "--idle-timeout", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    results: list[Result] = []
+    try:
+        sim = DeviceSimulator(pty.link(), pcm, 16000, realtime=True, wait_start=True, start_timeout=60.0,
+                              on_host_message=lambda seq, msg: results.append(msg) if isinstance(msg, Result) else None)
+        sim.run()
+        deadline = time.monotonic() + 60.0  # the device keeps listening until the host has finished
+        while listen.poll() is None and time.monotonic() < deadline:
+            sim.poll_host(0.05)
+        sim.poll_host(0.2)
+        out, err = listen.communicate(timeout=30)
+    finally:
+        pty.close()
+        if listen.poll() is None:
+            listen.kill()
+    assert listen.returncode == 0, err
+    assert "source is closed" not in err
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["end_s"] for r in records] == pytest.approx([r.end_s for r in expected])
+    assert len(results) == len(records) == len(expected)  # one RESULT per window, the tail's included
+    assert [m.window_ms for m in results] == [int(round(r.end_s * 1000)) for r in expected]
+    assert [clf.bundle.labels[m.label_index] for m in results] == [r["model_label"] or r["label"] for r in records]
+    assert records[-1]["padded"] and results[-1].window_ms == int(round(seconds * 1000))

@@ -95,6 +95,38 @@ def test_gate_round_trips_npz_and_json_and_refuses_bad_files(tmp_path: Path) -> 
     assert set(QUALITY_REASONS) >= set(gate.classes)
 
 
+def test_features_version_2_is_recorded_and_version_1_gates_keep_their_features(tmp_path: Path) -> None:
+    """A gate computes the features it was fitted on: files without ``features_version`` are version 1."""
+    from stethoedge.runtime.quality import FEATURE_VERSIONS, quality_features_v1
+
+    rng = np.random.default_rng(2)
+    d = len(FEATURE_NAMES)
+    gate = QualityGate(("ok", "friction"), np.zeros(d), np.ones(d), rng.normal(size=(2, d)), np.zeros(2), 0.5, "t")
+    assert gate.features_version == 2 and FEATURE_VERSIONS[2] is quality_features
+    assert QualityGate.from_file(gate.to_file(tmp_path / "g.npz")).features_version == 2
+    x = (0.05 * rng.standard_normal(WIN)).astype(np.float32)
+    old = {k: v for k, v in gate.to_dict().items() if k != "features_version"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    v1 = QualityGate.from_file(tmp_path / "old.json")
+    assert v1.features_version == 1 and v1.features(x) == quality_features_v1(x)
+    assert v1.features(x) != gate.features(x)  # the two versions really differ (spectra on other frames)
+    (tmp_path / "future.json").write_text(json.dumps({**gate.to_dict(), "features_version": 3}))
+    with pytest.raises(BundleError, match="features_version 3"):
+        QualityGate.from_file(tmp_path / "future.json")
+
+
+@pytest.mark.parametrize("available", [1, 2, 300, 512, 700, 2048, 8191, WIN - 1, WIN])
+def test_features_are_finite_for_every_available_length(available: int) -> None:
+    rng = np.random.default_rng(available)
+    x = (0.05 * rng.standard_normal(WIN)).astype(np.float32)
+    f = quality_features(x, available)
+    assert set(f) == set(FEATURE_NAMES) and all(np.isfinite(v) for v in f.values()), f
+    # only the real samples count: what follows them does not change the features
+    y = x.copy()
+    y[available:] = 0.9
+    assert quality_features(y, available) == f
+
+
 def _copy_with_gate(tmp_path: Path, gate: QualityGate) -> Path:
     b = tmp_path / "bundle"
     shutil.copytree(default_bundle(), b)

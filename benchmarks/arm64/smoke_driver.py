@@ -233,8 +233,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     out: dict = {"versions": _versions(), "audio": args.audio, "bundle": args.bundle}
 
     # The recording as the stethoscope sends it: 16 kHz int16. Cut to a whole number of hops: a stream that
-    # ends between two hops gets one last (tail) window after the device's last frame, and listen --bridge
-    # cannot send that window's RESULT (the engine has closed the source by then; see the report).
+    # ends between two hops gets one last (tail) window after the device's last frame (--keep-tail streams it,
+    # and listen --bridge sends that window's RESULT too); the cut keeps the runs comparable with earlier ones.
     pcm = load_pcm16(args.audio)
     hop = int(HOP_S * 16000)
     if not args.keep_tail:
