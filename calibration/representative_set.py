@@ -17,6 +17,7 @@ import numpy as np
 from stethoedge.calibration.window_set import WindowSet, build_window_set
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec
+from stethoedge.data.folders import list_dataset
 from stethoedge.data.icbhi import list_recordings
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,15 @@ class SmallCalibrationSetWarning(UserWarning):
 
 def build_representative_set(data: str | os.PathLike, spec: FeatureSpec, max_windows: int = MIN_RECOMMENDED,
                              stems: list[str] | None = None, exclude: set[str] | None = None,
-                             seed: int = 0) -> WindowSet:
-    """Class-balanced windows from the recordings under ``data`` (only ``stems`` if given, never ``exclude``)."""
+                             seed: int = 0, labels: list[str] | None = None) -> WindowSet:
+    """Class-balanced windows from the recordings under ``data`` (only ``stems`` if given, never ``exclude``).
+
+    ``labels``: the run's label set (class folders named after it); default the ICBHI layout.
+    """
     root = Path(data)
     if not root.is_dir():
         raise DataError(f"{root}: not a data directory")
-    recs = list_recordings(root)
+    recs = list_dataset(root, tuple(labels)) if labels else list_recordings(root)
     if stems is not None:
         wanted = set(stems)
         recs = [r for r in recs if r.stem in wanted]
@@ -58,7 +62,7 @@ def representative_set_for_run(run: str | os.PathLike, spec: FeatureSpec, data: 
     splits = json.loads(splits_path.read_text())
     held = set(splits.get("test", [])) | set(splits.get("val", []))
     ws = build_representative_set(data or splits["data"], spec, max_windows, stems=splits.get("train"),
-                                  exclude=held, seed=seed)
+                                  exclude=held, seed=seed, labels=splits.get("labels"))
     ws.provenance["split"] = "train"
     return ws
 

@@ -21,7 +21,8 @@ from stethoedge.runtime.features import compute_features
 from stethoedge.runtime.labels import CLASSES
 from stethoedge.runtime.outputs import open_output
 from stethoedge.runtime.padding import cyclic_pad
-from stethoedge.data.icbhi import Recording, load_cycles
+from stethoedge.data.folders import recording_cycles
+from stethoedge.data.icbhi import Recording
 
 
 @dataclass
@@ -58,7 +59,8 @@ class WindowSet:
 def balanced_indices(labels: np.ndarray, max_windows: int, seed: int = 0) -> np.ndarray:
     """Up to ``max_windows`` indices taken round-robin over classes (shuffled within each class)."""
     rng = np.random.default_rng(seed)
-    pools = [list(rng.permutation(np.flatnonzero(labels == k))) for k in range(len(CLASSES))]
+    n_classes = max(len(CLASSES), int(labels.max()) + 1 if labels.size else 0)  # any label set, not only ICBHI's
+    pools = [list(rng.permutation(np.flatnonzero(labels == k))) for k in range(n_classes)]
     chosen: list[int] = []
     while len(chosen) < max_windows and any(pools):
         for pool in pools:
@@ -69,10 +71,13 @@ def balanced_indices(labels: np.ndarray, max_windows: int, seed: int = 0) -> np.
 
 def build_window_set(recordings: list[Recording], spec: FeatureSpec, max_windows: int = 64, seed: int = 0,
                      purpose: str = "verification") -> WindowSet:
-    """A class-balanced set of up to ``max_windows`` cycle windows from ``recordings``."""
+    """A class-balanced set of up to ``max_windows`` cycle windows from ``recordings``.
+
+    ``recordings``: ICBHI ``Recording``s or class-folder ``FolderRecording``s (stethoedge.data.folders).
+    """
     audio, labels, stems = [], [], []
     for rec in recordings:
-        for cycle, label in load_cycles(rec, spec.sample_rate):
+        for cycle, label in recording_cycles(rec, spec.sample_rate):
             audio.append(cyclic_pad(cycle, spec.window_samples))
             labels.append(label)
             stems.append(rec.stem)

@@ -37,14 +37,15 @@ from stethoedge.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from stethoedge.export.report import render_report
 from stethoedge.export.verify import Gate, pick_selftest, verify_artifact
 from stethoedge.runtime.bundle import (
-    SCHEMA, SCHEMA_VERSION, SELFTEST_NAME, atomic_write_text, load_bundle, sha256_file, write_manifest,
+    MAX_TOLERANCE, SELFTEST_NAME, Artifact, FailedArtifact, FileRef, InputSpec, Manifest, OutputSpec, atomic_write_text,
+    dump, load_bundle, sha256_file, write_manifest,
 )
-from stethoedge.runtime.bundle import MAX_TOLERANCE
 from stethoedge.runtime.errors import DataError, StethoedgeError
 from stethoedge.runtime.outputs import check_output_dir, install_dir, temp_dir_beside
 from stethoedge.train.checkpoint import architecture_of, load_checkpoint
 from stethoedge.train.dataset import fbank_batches
-from stethoedge.train.icbhi import list_recordings
+from stethoedge.data.folders import list_dataset
+from stethoedge.runtime.labels import CLASSES
 from stethoedge.train.model import count_parameters
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def split_windows(run: Path, spec, data: str | None, split: str, max_windows: in
     """Class-balanced windows of the run's ``split`` recordings (None when none of them is found)."""
     splits, root = _run_splits(run, data)
     stems = set(splits.get(split) or [])
-    recs = [r for r in list_recordings(root) if r.stem in stems]
+    recs = [r for r in list_dataset(root, tuple(splits.get("labels") or CLASSES)) if r.stem in stems]  # run's label set
     if not recs:
         return None
     role = "gate" if split == GATE_SPLIT else "reported only, never gates"
@@ -224,16 +225,34 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _save_calibration(tmp: Path, rep: WindowSet, keep: int) -> dict[str, Any]:
+def _save_calibration(tmp: Path, rep: WindowSet, keep: int) -> FileRef:
     """The representative set's first ``keep`` windows (fp16 features) for TensorRT INT8 on the target."""
     idx = np.arange(min(keep, len(rep)))
     path = tmp / CALIBRATION_NAME
     with _signals_held(), open(path, "wb") as f:
         np.savez_compressed(f, features=rep.features[idx].astype(np.float16), labels=rep.labels[idx],
                             provenance=np.array(json.dumps(rep.provenance)))
-    return {"file": CALIBRATION_NAME, "sha256": sha256_file(path), "windows": int(len(idx)),
-            "representative_windows": len(rep), "class_counts": rep.provenance.get("class_counts"),
-            "provenance": rep.provenance}
+    return FileRef(CALIBRATION_NAME, sha256_file(path), extra={
+        "windows": int(len(idx)), "representative_windows": len(rep), "class_counts": rep.provenance.get("class_counts"),
+        "provenance": rep.provenance})
+
+
+def _manifest_notes(run: Path, ckpt: Any, held: WindowSet, reported: WindowSet | None, gate: Gate,
+                    allow_degraded: bool) -> dict[str, Any]:
+    """The manifest keys the runtime does not model: model, source, gate, versions (``Manifest.extra``)."""
+    return {
+        "model": {"architecture": architecture_of(ckpt.model), "config": ckpt.config.to_dict(),
+                  "parameters": count_parameters(ckpt.model)},
+        # The run's folder name only: a shipped manifest must not carry the build machine's paths.
+        "source": {"run": run.resolve().name, "checkpoint_epoch": ckpt.meta.get("epoch"),
+                   "trained_on": ckpt.meta.get("trained_on"), "verification_set": held.provenance,
+                   **({"report_set": reported.provenance} if reported is not None else {}),
+                   # the whole training configuration (train/run_config.py RunConfig), paths made portable
+                   **({"run_config": ckpt.meta["run_config"]} if ckpt.meta.get("run_config") else {})},
+        "gate": {"min_agreement": gate.min_agreement, "max_score_drop": gate.max_score_drop,
+                 "allow_degraded": allow_degraded, "gated_on": GATE_SPLIT},
+        "versions": _versions(),
+    }
 
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None = None, max_windows: int = 64,
@@ -302,54 +321,43 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
             except Exception as exc:  # a converter failing must not sink the other formats
                 log.debug("building %s failed:\n%s", name, traceback.format_exc())
                 reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                failed.append({"name": name, "format": kind.format, "precision": kind.precision, "status": "failed",
-                               "reason": reason[:500]})
+                failed.append(FailedArtifact(name, reason[:500], kind.format, kind.precision, "failed"))
                 (tmp / kind.file).unlink(missing_ok=True)
                 continue
             passed = result["passed"] and result["selftest_top1_ok"]
-            artifacts.append({
-                "name": name, "file": kind.file, "format": kind.format, "precision": kind.precision,
-                "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
+            artifacts.append(Artifact(
+                name, kind.file, kind.format, kind.precision, sha256_file(path), path.stat().st_size,
                 # capped: the runtime refuses a tolerance above MAX_TOLERANCE (it would switch the check off)
-                "tolerance": min(MAX_TOLERANCE, max(kind.tolerance, 4.0 * result["selftest_max_logit_diff"])),
-                "status": "passed" if passed else "failed-verification",
-                "calibrated_on": _calibrated_on(kind, rep),
-                "export_seconds": round(seconds, 2), "verification": result,
-            })
-        passed = [a["name"] for a in artifacts if a["status"] == "passed"]
+                min(MAX_TOLERANCE, max(kind.tolerance, 4.0 * result["selftest_max_logit_diff"])),
+                "passed" if passed else "failed-verification", verification=result,
+                extra={"calibrated_on": _calibrated_on(kind, rep), "export_seconds": round(seconds, 2)},
+            ))
+        passed = [a.name for a in artifacts if a.status == "passed"]
         if not artifacts:
-            raise StethoedgeError("no artifact could be built: " + "; ".join(f"{f['name']}: {f['reason']}" for f in failed))
+            raise StethoedgeError("no artifact could be built: " + "; ".join(f"{f.name}: {f.reason}" for f in failed))
         if not passed and not allow_degraded:
             raise StethoedgeError(
                 "every artifact failed verification against PyTorch: "
-                + "; ".join(f"{a['name']}: agreement {a['verification']['top1_agreement']:.1%}" for a in artifacts)
+                + "; ".join(f"{a.name}: agreement {a.verification['top1_agreement']:.1%}" for a in artifacts)
                 + " (re-run with --allow-degraded to write it anyway)"
             )
         # Chosen among artifacts that passed the VALIDATION gate; report_test never enters the choice.
         preference = ["onnx-int8-dynamic", "onnx-fp32", *KINDS]
-        default = next((n for n in preference if n in passed), artifacts[0]["name"])
-        manifest = {
-            "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "labels": list(ckpt.labels), "feature_spec": spec.to_dict(),
-            "input": {"name": INPUT_NAME, "shape": [None, *spec.input_shape], "dtype": "float32"},
-            "output": {"name": OUTPUT_NAME, "shape": [None, len(ckpt.labels)], "dtype": "float32", "kind": "logits"},
-            "artifacts": artifacts, "failed_artifacts": failed, "default_artifact": default,
-            "selftest": {"file": SELFTEST_NAME, "sha256": sha256_file(tmp / SELFTEST_NAME), "windows": int(len(chosen))},
-            "model": {"architecture": architecture_of(ckpt.model), "config": ckpt.config.to_dict(),
-                      "parameters": count_parameters(ckpt.model)},
-            # The run's folder name only: a shipped manifest must not carry the build machine's paths.
-            "source": {"run": run.resolve().name, "checkpoint_epoch": ckpt.meta.get("epoch"),
-                       "trained_on": ckpt.meta.get("trained_on"),
-                       "verification_set": held.provenance,
-                       **({"report_set": reported.provenance} if reported is not None else {})},
-            "gate": {"min_agreement": gate.min_agreement, "max_score_drop": gate.max_score_drop,
-                     "allow_degraded": allow_degraded, "gated_on": GATE_SPLIT},
-            "versions": _versions(),
-        }
-        if rep is not None and bundle_calibration_windows > 0:
-            manifest["calibration"] = _save_calibration(tmp, rep, bundle_calibration_windows)
-        manifest = portable(manifest)  # a shipped manifest names runs/datasets, never this machine's paths
-        keep = {a["file"] for a in artifacts} | {SELFTEST_NAME, CALIBRATION_NAME}
+        default = next((n for n in preference if n in passed), artifacts[0].name)
+        typed = Manifest(
+            labels=tuple(ckpt.labels), feature_spec=spec,
+            input=InputSpec((None, *spec.input_shape), INPUT_NAME),
+            output=OutputSpec((None, len(ckpt.labels)), OUTPUT_NAME),
+            artifacts=tuple(artifacts), failed_artifacts=tuple(failed), default_artifact=default,
+            selftest=FileRef(SELFTEST_NAME, sha256_file(tmp / SELFTEST_NAME), extra={"windows": int(len(chosen))}),
+            calibration=(_save_calibration(tmp, rep, bundle_calibration_windows)
+                         if rep is not None and bundle_calibration_windows > 0 else None),
+            extra={"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   **_manifest_notes(run, ckpt, held, reported, gate, allow_degraded)},
+        )
+        # the one serializer's JSON form; a shipped manifest names runs/datasets, never this machine's paths
+        manifest = portable(dump(typed))
+        keep = {a.file for a in artifacts} | {SELFTEST_NAME, CALIBRATION_NAME}
         for stray in tmp.iterdir():  # e.g. the fp32 ONNX a quantizer started from, when not requested
             if stray.name not in keep:
                 stray.unlink()

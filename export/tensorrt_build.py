@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +26,8 @@ import numpy as np
 from stethoedge.calibration.tensorrt_calibrator import CACHE_NAME, cache_usable, entropy_calibrator
 from stethoedge.runtime.backends.tensorrt_backend import device_environment, gpu_name
 from stethoedge.runtime.bundle import (
-    OVERLAY_NAME, Artifact, Bundle, load_bundle, new_overlay, read_verified, sha256_file, write_overlay,
+    OVERLAY_NAME, Artifact, Bundle, EngineEntry, EngineEnv, FileRef, Overlay, load_bundle, new_overlay, read_verified,
+    sha256_file, write_overlay,
 )
 from stethoedge.runtime.errors import BackendError, BundleError
 from stethoedge.runtime.outputs import atomic_write_bytes
@@ -98,27 +100,27 @@ def _build_python(onnx: Path, engine: Path, precision: str, input_name: str, inp
 def _calibration_features(bundle: Bundle) -> np.ndarray | None:
     """The representative set (calibration.npz), its bytes checked against the manifest's sha256
     before numpy reads them (read once: what is hashed is what is parsed)."""
-    calib = bundle.manifest.get("calibration")
-    if not calib:
+    calib = bundle.typed_manifest.calibration
+    if calib is None:
         return None
-    data = read_verified(bundle.root, calib["file"], calib["sha256"])
+    data = read_verified(bundle.root, calib.file, calib.sha256)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             return arrays["features"].astype(np.float32)
     except (OSError, ValueError, KeyError) as exc:
-        raise BundleError(f"{bundle.root / calib['file']}: unreadable calibration set ({exc})") from None
+        raise BundleError(f"{bundle.root / calib.file}: unreadable calibration set ({exc})") from None
 
 
 def _calibration_cache(bundle: Bundle, trt_version: str | None) -> tuple[Path, bool]:
     """(cache path, usable as is). A cache the signed manifest pins (verified by load_bundle) is reused
     when this TensorRT wrote it; otherwise calibration writes the device's own cache."""
-    signed = bundle.manifest.get("calibration_cache")
-    if signed:
-        path = bundle.root / signed["file"]
+    signed = bundle.typed_manifest.calibration_cache
+    if signed is not None:
+        path = bundle.root / signed.file
         if trt_version and cache_usable(path, trt_version):
             return path, True
     own = bundle.root / DEVICE_CACHE_NAME
-    if own.is_file() and not (bundle.overlay or {}).get("calibration_cache"):
+    if own.is_file() and (bundle.overlay is None or bundle.overlay.calibration_cache is None):
         own.unlink()  # not pinned by any overlay: never trust it
     return own, bool(trt_version) and cache_usable(own, trt_version)
 
@@ -135,7 +137,7 @@ def gate_engine(bundle: Bundle, artifact: Artifact, runner_factory: RunnerFactor
     (``passed`` included); an engine that cannot even be opened fails with the reason."""
     from stethoedge.export.verify import Gate, verify_artifact
 
-    gate_cfg = bundle.manifest.get("gate", {})
+    gate_cfg = bundle.typed_manifest.extra.get("gate") or {}
     gate = Gate(min_agreement=float(gate_cfg.get("min_agreement", Gate.min_agreement)),
                 max_score_drop=float(gate_cfg.get("max_score_drop", Gate.max_score_drop)))
     try:
@@ -168,7 +170,7 @@ def build_engine(bundle_path: str | os.PathLike, precision: str = "fp16", max_ba
     onnx = bundle.path_of(onnx_art)
     name, file = f"tensorrt-{precision}", f"model.{precision}.engine"
     engine = bundle.root / file
-    input_name, input_shape = bundle.manifest["input"]["name"], tuple(bundle.spec.input_shape)
+    input_name, input_shape = bundle.typed_manifest.input.name, tuple(bundle.spec.input_shape)
     cache, cache_ready = _calibration_cache(bundle, env["tensorrt"])
     features = _calibration_features(bundle) if precision == "int8" and not cache_ready else None
     t0 = time.perf_counter()
@@ -187,37 +189,37 @@ def build_engine(bundle_path: str | os.PathLike, precision: str = "fp16", max_ba
     if not env["cuda"]:
         raise BackendError("cannot determine this device's CUDA version (/usr/local/cuda/version.json); an engine "
                            "must record the CUDA it was built with")
-    entry = {"name": name, "file": file, "format": "tensorrt", "precision": precision,
-             "sha256": sha256_file(engine), "size_bytes": engine.stat().st_size,
-             "tolerance": ENGINE_TOLERANCE[precision], "status": "failed-verification", "verification": {},
-             "engine": {**env, "builder": builder, "max_batch": max_batch, "onnx_sha256": onnx_art.sha256,
-                        "build_seconds": round(time.perf_counter() - t0, 1),
-                        "calibration_cache": cache.name if precision == "int8" else None}}
-    result = gate_engine(bundle, Artifact(**{**entry, "tolerance": float(entry["tolerance"])}), runner_factory)
-    entry["verification"] = result
-    entry["status"] = "passed" if result["passed"] else "failed-verification"
+    built = EngineEntry(**EngineEnv.from_dict(env).to_dict(), builder=builder, max_batch=max_batch,
+                        onnx_sha256=onnx_art.sha256, build_seconds=round(time.perf_counter() - t0, 1),
+                        calibration_cache=cache.name if precision == "int8" else None)
+    entry = Artifact(name, file, "tensorrt", precision, sha256_file(engine), engine.stat().st_size,
+                     ENGINE_TOLERANCE[precision], "failed-verification", engine=built)
+    result = gate_engine(bundle, entry, runner_factory)
+    entry = replace(entry, verification=result, status="passed" if result["passed"] else "failed-verification")
     add_engine(bundle.root, entry, onnx_artifact=onnx_art.name, base=bundle)
-    return entry
+    return entry.to_dict()
 
 
-def add_engine(bundle_root: Path, entry: dict[str, Any], onnx_artifact: str = "onnx-fp32",
-               base: Bundle | None = None) -> dict[str, Any]:
+def add_engine(bundle_root: Path, entry: Artifact | dict[str, Any], onnx_artifact: str = "onnx-fp32",
+               base: Bundle | None = None) -> Overlay:
     """Add or replace one engine entry in the bundle's engines.json overlay (atomic; manifest.json and
     manifest.sig are not touched). A device-written calibration cache is pinned there too.
 
     ``base``: the bundle as loaded before the build (its overlay is extended; the build may have
     rewritten the device's calibration cache, so the bundle is not re-verified before writing)."""
     bundle = base if base is not None else load_bundle(bundle_root)
-    overlay = bundle.overlay if bundle.overlay is not None else new_overlay(bundle.manifest, onnx_artifact)
-    overlay = {**overlay, "engines": [e for e in overlay["engines"] if e["name"] != entry["name"]] + [entry]}
+    if not isinstance(entry, Artifact):
+        entry = Artifact.from_json(entry, OVERLAY_NAME, "engine")
+    overlay = bundle.overlay if bundle.overlay is not None else new_overlay(bundle.typed_manifest, onnx_artifact)
+    overlay = overlay.with_engine(entry)
     own_cache = Path(bundle_root) / DEVICE_CACHE_NAME
     if own_cache.is_file():
-        overlay["calibration_cache"] = {"file": DEVICE_CACHE_NAME, "sha256": sha256_file(own_cache)}
+        overlay = replace(overlay, calibration_cache=FileRef(DEVICE_CACHE_NAME, sha256_file(own_cache)))
     write_overlay(Path(bundle_root), overlay)
     try:
         load_bundle(bundle_root)
     except BundleError as exc:  # pragma: no cover - write_overlay validated it
-        raise BundleError(f"the {OVERLAY_NAME} written for {entry['name']} does not load: {exc}") from None
+        raise BundleError(f"the {OVERLAY_NAME} written for {entry.name} does not load: {exc}") from None
     return overlay
 
 

@@ -35,8 +35,9 @@ def verify_artifact(run: Callable[[np.ndarray], np.ndarray], features: np.ndarra
     }
     passed = result["finite"] and agreement >= gate.min_agreement
     if labels is not None and labels.size:
-        ref = evaluate(labels, reference_logits.argmax(1))
-        got = evaluate(labels, logits.argmax(1))
+        classes = tuple(str(k) for k in range(reference_logits.shape[1]))  # the model's label set, any size
+        ref = evaluate(labels, reference_logits.argmax(1), labels=classes)
+        got = evaluate(labels, logits.argmax(1), labels=classes)
         result["score"] = got["score"]
         result["score_delta"] = got["score"] - ref["score"]
         result["macro_f1_delta"] = got["macro_f1"] - ref["macro_f1"]

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from stethoedge.runtime.bundle import MANIFEST_NAME, load_bundle, sha256_file, write_manifest
-from stethoedge.runtime.confidence import validate_confidence
+from stethoedge.runtime.bundle import MANIFEST_NAME, FileRef, load_bundle, sha256_file, write_manifest
+from stethoedge.runtime.confidence import ConfidenceSection, validate_confidence
 from stethoedge.runtime.errors import BundleError
 from stethoedge.runtime.outputs import install_dir, temp_dir_beside
 from stethoedge.runtime.quality import QualityGate
@@ -26,19 +27,18 @@ QUALITY_FILE = "quality.npz"
 SIGNATURE_NAME = "manifest.sig"
 
 
-def read_confidence(path: str | os.PathLike) -> dict[str, Any]:
+def read_confidence(path: str | os.PathLike) -> ConfidenceSection:
     """The confidence section from a train/confidence.py report (its ``manifest_section``) or a bare section."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: cannot read the confidence report ({exc})") from None
     section = data.get("manifest_section", data) if isinstance(data, dict) else data
-    validate_confidence(section, str(path))
-    return dict(section)
+    return validate_confidence(section, str(path))
 
 
 def update_bundle(bundle: str | os.PathLike, out: str | os.PathLike | None = None,
-                  confidence: dict[str, Any] | None = None, quality: str | os.PathLike | None = None,
+                  confidence: ConfidenceSection | dict[str, Any] | None = None, quality: str | os.PathLike | None = None,
                   remove: tuple[str, ...] = (), drop_signature: bool = False, force: bool = False,
                   run_selftest: bool = True) -> Path:
     """Write ``bundle`` with the given sections to ``out`` (None: in place); returns the destination.
@@ -56,24 +56,26 @@ def update_bundle(bundle: str | os.PathLike, out: str | os.PathLike | None = Non
     if dest != src and os.path.lexists(dest) and not force:
         raise BundleError(f"{dest} already exists; pass --force to replace it")
     gate = QualityGate.from_file(quality) if quality is not None else None  # refuse a bad file before copying
-    manifest = json.loads(json.dumps(old.manifest))
+    manifest = old.typed_manifest
     for key in remove:
         if key not in ("confidence", "quality"):
             raise BundleError(f"cannot remove {key!r}; only confidence or quality")
-        manifest.pop(key, None)
+    manifest = replace(manifest, **{key: None for key in remove})
+    old_quality = old.typed_manifest.quality
     tmp = temp_dir_beside(dest)
     try:
         for f in src.iterdir():
             if f.is_file() and f.name not in (MANIFEST_NAME, SIGNATURE_NAME) and not (
-                    "quality" in remove and f.name == old.manifest.get("quality", {}).get("file")):
+                    "quality" in remove and old_quality is not None and f.name == old_quality.file):
                 shutil.copy2(f, tmp / f.name)
         if confidence is not None:
-            validate_confidence(confidence, "confidence")
-            manifest["confidence"] = dict(confidence)
+            if not isinstance(confidence, ConfidenceSection):
+                confidence = validate_confidence(confidence, "confidence")
+            manifest = replace(manifest, confidence=confidence)
         if gate is not None:
             gate.to_file(tmp / QUALITY_FILE)  # re-written by this runtime: no foreign bytes in the bundle
-            manifest["quality"] = {"file": QUALITY_FILE, "sha256": sha256_file(tmp / QUALITY_FILE),
-                                   "fitted_on": gate.fitted_on, "threshold": gate.threshold}
+            manifest = replace(manifest, quality=FileRef(QUALITY_FILE, sha256_file(tmp / QUALITY_FILE), extra={
+                "fitted_on": gate.fitted_on, "threshold": gate.threshold}))
         write_manifest(tmp, manifest)
         new = load_bundle(tmp)
         if run_selftest:

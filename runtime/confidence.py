@@ -8,37 +8,35 @@ A bundle without the section gets T = 1 and no abstention (the behaviour before 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from stethoedge.runtime.errors import BundleError
+from stethoedge.runtime.typed_json import Record, constrained, finite
 
 METHODS = ("temperature",)
 T_MIN, T_MAX = 0.05, 20.0
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+@dataclass(frozen=True)
+class ConfidenceSection(Record):
+    """The manifest's ``"confidence"`` section, typed (schema and ranges checked by ``from_json``)."""
+
+    LAYOUT = ("method", "temperature", "abstain_below", "fitted_on", "abstain_rule", "ece_val_before", "ece_val_after")
+    temperature: float = constrained(lambda t: finite(t) and T_MIN < t <= T_MAX,
+                                     f"{{v}} must be a finite number in ({T_MIN}, {T_MAX:g}]")
+    method: str = constrained(lambda m: m in METHODS, f"{{v}} must be one of {', '.join(METHODS)}")
+    abstain_below: float = constrained(lambda p: finite(p) and 0.0 <= p <= 1.0, "{v} must be a finite number in [0, 1]",
+                                       default=0.0)
+    fitted_on: str | None = None
+    ece_val_before: float | None = constrained(lambda e: e is None or finite(e), "must be a finite number", default=None)
+    ece_val_after: float | None = constrained(lambda e: e is None or finite(e), "must be a finite number", default=None)
 
 
-def validate_confidence(section: Any, where: str) -> None:
-    """Raise BundleError unless ``section`` is a well-formed ``"confidence"`` manifest section."""
-    if not isinstance(section, dict):
-        raise BundleError(f"{where}: confidence must be an object")
-    if section.get("method") not in METHODS:
-        raise BundleError(f"{where}: confidence.method {section.get('method')!r} must be one of {', '.join(METHODS)}")
-    t = section.get("temperature")
-    if not (_number(t) and T_MIN < t <= T_MAX):
-        raise BundleError(f"{where}: confidence.temperature {t!r} must be a finite number in ({T_MIN}, {T_MAX:g}]")
-    p = section.get("abstain_below", 0.0)
-    if not (_number(p) and 0.0 <= p <= 1.0):
-        raise BundleError(f"{where}: confidence.abstain_below {p!r} must be a finite number in [0, 1]")
-    for key in ("ece_val_before", "ece_val_after"):
-        if key in section and not _number(section[key]):
-            raise BundleError(f"{where}: confidence.{key} must be a finite number")
+def validate_confidence(section: Any, where: str) -> ConfidenceSection:
+    """The ``"confidence"`` section as a ConfidenceSection; BundleError ``where: confidence.<key> ...`` unless well-formed."""
+    return ConfidenceSection.from_json(section, where, "confidence")
 
 
 @dataclass(frozen=True)
@@ -50,13 +48,20 @@ class Calibration:
     present: bool = False
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> Calibration:
-        """The manifest's confidence section (already validated), or the identity when it has none."""
-        section = manifest.get("confidence")
+    def from_manifest(cls, manifest: Any) -> Calibration:
+        """The confidence section of a manifest (a typed ``Manifest`` or its JSON dict), or the identity."""
+        section = getattr(manifest, "confidence", None) if not isinstance(manifest, dict) else manifest.get("confidence")
         if section is None:
             return cls()
-        validate_confidence(section, "manifest")
-        return cls(float(section["temperature"]), float(section.get("abstain_below", 0.0)), True)
+        return cls.from_section(section if isinstance(section, ConfidenceSection) else
+                                validate_confidence(section, "manifest"))
+
+    @classmethod
+    def from_section(cls, section: ConfidenceSection | None) -> Calibration:
+        """The calibration a (typed) confidence section describes; the identity for None."""
+        if section is None:
+            return cls()
+        return cls(float(section.temperature), float(section.abstain_below), True)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities softmax(logits / T) over the last axis (float64)."""

@@ -23,11 +23,81 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-#: CLI flag -> TrainConfig field, for flags whose value is taken as is (None = not given).
-_FLAG_FIELDS = ("data", "out", "preset", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "rho", "adapter",
-                "adapter_reduction", "lora_rank", "aft_lambda", "augment", "distill_from", "init", "ema_decay", "amp",
-                "early_stopping", "checkpoint_every", "val_fraction", "seed", "threads", "depth", "fstride", "tstride",
-                "cache_dir", "device", "label_smoothing", "warmup_epochs")
+def label_list(text: str) -> list[str]:
+    """``--labels normal,abnormal``: two or more distinct, comma-separated class names."""
+    names = [n.strip() for n in text.split(",")]
+    if len(names) < 2 or len(set(names)) != len(names) or not all(names):
+        raise argparse.ArgumentTypeError(f"expected 2+ distinct comma-separated class names, got {text!r}")
+    return names
+
+
+#: The options of `stethoedge train`, one row per RunConfig field: (flag, dest, argparse keywords). The dest is
+#: the field's flat key (``stethoedge.train.run_config.FLAT`` maps it to the nested field, e.g. lr -> optim.lr);
+#: the parser is built from this table and ``build_run_config`` applies the given ones over --config. Every
+#: numeric option is range-checked; the default a help states is the RunConfig default (tests/test_cli_help.py).
+#: Options not given stay None (store_const for the switches), so --config values survive.
+TRAIN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("--data", "data", dict(help="dataset root: ICBHI layout (<stem>.wav + <stem>.txt, split file) or class folders "
+                              "<root>/<label>/*.wav for --labels; required here or in --config (default: none)")),
+    ("--labels", "labels", dict(type=label_list, metavar="A,B,...",
+                                help="the model's label set, class folders named after it (e.g. normal,abnormal); "
+                                "stored with the model (default: the ICBHI classes normal, crackle, wheeze, both)")),
+    ("--out", "out", dict(help="run directory to write (checkpoint, metrics, config, plots); "
+                              "required here or in --config (default: none)")),
+    ("--preset", "preset", dict(choices=["micro", "nano", "tiny", "small", "base"],
+                                help="model size: nano ~0.5 M (CPU demo), tiny ~5.5 M, small ~22 M, base ~87 M "
+                                "(default nano)")),
+    ("--depth", "depth", dict(type=bounded_int(1, 48), help="transformer layers (default the preset's)")),
+    ("--fstride", "fstride", dict(type=bounded_int(1, 16), help="patch stride in frequency, 10 overlapping as AST, "
+                                  "16 not (default the preset's: 16; base 10)")),
+    ("--tstride", "tstride", dict(type=bounded_int(1, 16),
+                                  help="patch stride in time, as --fstride (default the preset's: 16; base 10)")),
+    ("--init", "init", dict(help="pretrained weights: a Hugging Face AST directory or an original AST .pth "
+                                 "(default: none, random initialisation)")),
+    ("--epochs", "epochs", dict(type=bounded_int(1, 10_000), help="passes over the training set (default 8)")),
+    ("--batch-size", "batch_size", dict(type=bounded_int(1, 65_536), help="windows per step (default 16)")),
+    ("--lr", "lr", dict(type=bounded_float(1e-7, 1.0),
+                        help="peak learning rate of the cosine schedule after warm-up (default 0.001)")),
+    ("--warmup-epochs", "warmup_epochs", dict(type=bounded_float(0.0, 1000.0), help="epochs of linear learning-rate "
+                                              "warm-up, fractions allowed (default 1.0)")),
+    ("--weight-decay", "weight_decay", dict(type=bounded_float(0.0, 1.0), help="weight decay (default 0.05)")),
+    ("--label-smoothing", "label_smoothing", dict(type=bounded_float(0.0, 0.5),
+                                                  help="cross-entropy label smoothing (default 0.1)")),
+    ("--optimizer", "optimizer", dict(choices=["sam", "asam", "adamw"],
+                                      help="SAM or adaptive SAM around AdamW, or plain AdamW (default sam)")),
+    ("--rho", "rho", dict(type=bounded_float(0.001, 10.0), help="SAM neighbourhood radius (default 0.05)")),
+    ("--adapter", "adapter", dict(choices=["none", "bottleneck", "lora"], help="freeze the backbone and train "
+                                  "adapters / LoRA only (merged before export) (default none)")),
+    ("--adapter-reduction", "adapter_reduction", dict(type=bounded_int(1, 1024),
+                                                      help="bottleneck adapter width = dim / this (default 16)")),
+    ("--lora-rank", "lora_rank", dict(type=bounded_int(1, 1024), help="rank of the LoRA updates (default 8)")),
+    ("--synthetic", "synthetic", dict(action="append", metavar="DIR", help="synthetic dataset (ICBHI layout or class "
+                                      "folders) added to TRAINING only; repeatable (default: none)")),
+    ("--aft", "aft", dict(action="store_const", const=True, help="adversarial fine-tuning: domain head behind "
+                          "gradient reversal; needs --synthetic (default: off)")),
+    ("--aft-lambda", "aft_lambda", dict(type=bounded_float(1e-6, 100.0), help="weight of the domain loss (default 0.2)")),
+    ("--augment", "augment", dict(help="augmentation policy name from stethoedge.train.augment, e.g. specaugment "
+                                  "(default: none)")),
+    ("--distill-from", "distill_from", dict(metavar="RUN", help="teacher run directory for distillation "
+                                            "(default: none)")),
+    ("--ema", "ema_decay", dict(type=bounded_float(0.5, 0.999999), help="weight EMA decay, e.g. 0.999 (default off)")),
+    ("--amp", "amp", dict(choices=["none", "bf16", "fp16"], help="mixed precision; bf16 works on CPU (default none)")),
+    ("--early-stopping", "early_stopping", dict(type=bounded_int(0, 10_000), help="stop after this many epochs "
+                                                "without a better validation Score; 0 = never (default 0)")),
+    ("--checkpoint-every", "checkpoint_every", dict(type=bounded_int(0, 10_000_000), help="save resumable state "
+                                                    "every N steps; 0 = at the end of each epoch only (default 0)")),
+    ("--no-resume", "resume", dict(action="store_const", const=False,
+                                   help="start over even if RUN/state.pt exists (default: resume from it)")),
+    ("--cache", "cache_dir", dict(help="directory caching fbank features between runs (default: none)")),
+    ("--no-weighted-sampler", "weighted_sampler", dict(action="store_const", const=False, help="shuffle instead of "
+                                                       "inverse-frequency sampling (default: off)")),
+    ("--val-fraction", "val_fraction", dict(type=bounded_float(0.05, 0.9), help="fraction of TRAIN patients held out "
+                                            "for model selection (default 0.25)")),
+    ("--seed", "seed", dict(type=bounded_int(0, MAX_SEED),
+                            help="seed of the split, the initialisation and the sampling (default 0)")),
+    ("--threads", "threads", dict(type=bounded_int(1, MAX_THREADS), help="torch CPU threads (default one per core)")),
+    ("--device", "device", dict(help="cpu, cuda, cuda:1 (default: cuda when available)")),
+)
 
 
 def _toml_module() -> Any:
@@ -40,7 +110,8 @@ def _toml_module() -> Any:
 
 
 def load_config_file(path: str) -> dict:
-    """Training options from a recipe (.toml, flat keys) or a run's config.json (its "train" table)."""
+    """Training options from a recipe (.toml: flat keys and/or RunConfig tables such as ``[optim]``) or a run's
+    config.json (its "run" table, the nested RunConfig; or the flat "train" table of runs written before it)."""
     from stethoedge.runtime.errors import DataError
 
     toml = _toml_module()
@@ -50,7 +121,8 @@ def load_config_file(path: str) -> dict:
     try:
         if p.suffix == ".json":
             values = json.loads(p.read_text())
-            values = values.get("train", values)
+            if isinstance(values, dict):
+                values = values.get("run", values.get("train", values))
         else:
             values = toml.loads(p.read_text())
     except (ValueError, toml.TOMLDecodeError) as exc:
@@ -60,28 +132,25 @@ def load_config_file(path: str) -> dict:
     return values
 
 
-def build_train_config(args: argparse.Namespace):
-    """Recipe file (if any) overridden by the flags given on the command line."""
+def build_run_config(args: argparse.Namespace):
+    """The RunConfig of `stethoedge train`: the recipe / config.json (if any) overridden by the flags given."""
     from stethoedge.runtime.errors import DataError
-    from stethoedge.train.trainer import TrainConfig
+    from stethoedge.train.run_config import RunConfig, nest, set_flat
 
-    values = load_config_file(args.config) if args.config else {}
-    for name in _FLAG_FIELDS:
-        value = getattr(args, name, None)
+    values = nest(load_config_file(args.config)) if args.config else {}
+    for _, dest, _ in TRAIN_FLAGS:
+        value = getattr(args, dest, None)
         if value is not None:
-            values[name] = value
-    if args.aft:
-        values["aft"] = True
-    if args.synthetic:
-        values["synthetic"] = list(args.synthetic)
-    if args.no_weighted_sampler:
-        values["weighted_sampler"] = False
-    if args.no_resume:
-        values["resume"] = False
-    for required in ("data", "out"):
-        if not values.get(required):
-            raise DataError(f"--{required} is required (on the command line or in --config)")
-    return TrainConfig.from_dict(values)
+            set_flat(values, dest, value)
+    if not (values.get("data") or {}).get("root"):
+        raise DataError("--data is required (on the command line or in --config)")
+    if not values.get("out"):
+        raise DataError("--out is required (on the command line or in --config)")
+    return RunConfig.from_dict(values)
+
+
+#: The name of the first version.
+build_train_config = build_run_config
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -97,9 +166,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from stethoedge.runtime.outputs import check_output_dir
     from stethoedge.train.trainer import train, train_seeds
 
-    cfg = build_train_config(args)
+    cfg = build_run_config(args)
     # runtime/outputs.py: the run directory's parent must exist, and it is none of the inputs
-    check_output_dir(cfg.out, [cfg.data, *cfg.synthetic, cfg.init, cfg.distill_from, args.config])
+    check_output_dir(cfg.out, [cfg.data.root, *cfg.data.synthetic, cfg.model.init, cfg.distill.teacher, args.config])
     if args.seeds:
         summary = train_seeds(cfg, args.seeds)
         for split in ("val", "test"):
@@ -165,80 +234,12 @@ def register(add: AddCommand) -> None:
 
     p = add("train", cmd_train, "Train the AST classifier on an ICBHI-layout directory; writes a run directory.")
     p.description += (" Each option left out takes its value from --config when given, else the default shown "
-                      "(TrainConfig in train/trainer.py).")
-    p.add_argument("--data", default=None, help="dataset root (ICBHI layout: <stem>.wav + <stem>.txt, split file); "
-                   "required here or in --config (default: none)")
-    p.add_argument("--out", default=None, help="run directory to write (checkpoint, metrics, config, plots); "
-                   "required here or in --config (default: none)")
+                      "(RunConfig in train/run_config.py).")
     p.add_argument("--config", default=None,
                    help="recipe (.toml, e.g. train/recipes/edge-student.toml) or a run's config.json; flags override it "
                    "(default: none)")
-    p.add_argument("--preset", default=None, choices=["micro", "nano", "tiny", "small", "base"],
-                   help="model size: nano ~0.5 M (CPU demo), tiny ~5.5 M, small ~22 M, base ~87 M (default nano)")
-    p.add_argument("--depth", type=bounded_int(1, 48), default=None, help="transformer layers (default the preset's)")
-    p.add_argument("--fstride", type=bounded_int(1, 16), default=None,
-                   help="patch stride in frequency, 10 overlapping as AST, 16 not (default the preset's: 16; base 10)")
-    p.add_argument("--tstride", type=bounded_int(1, 16), default=None,
-                   help="patch stride in time, as --fstride (default the preset's: 16; base 10)")
-    p.add_argument("--init", default=None,
-                   help="pretrained weights: a Hugging Face AST directory or an original AST .pth "
-                   "(default: none, random initialisation)")
-    p.add_argument("--epochs", type=bounded_int(1, 10_000), default=None,
-                   help="passes over the training set (default 8)")
-    p.add_argument("--batch-size", type=bounded_int(1, 65_536), default=None, help="windows per step (default 16)")
-    p.add_argument("--lr", type=bounded_float(1e-7, 1.0), default=None,
-                   help="peak learning rate of the cosine schedule after warm-up "
-                   "(default 0.001)")
-    p.add_argument("--warmup-epochs", type=bounded_float(0.0, 1000.0), default=None,
-                   help="epochs of linear learning-rate warm-up, fractions allowed (default 1.0)")
-    p.add_argument("--weight-decay", type=bounded_float(0.0, 1.0), default=None, help="weight decay (default 0.05)")
-    p.add_argument("--label-smoothing", type=bounded_float(0.0, 0.5), default=None,
-                   help="cross-entropy label smoothing (default 0.1)")
-    p.add_argument("--optimizer", choices=["sam", "asam", "adamw"], default=None,
-                   help="SAM or adaptive SAM around AdamW, or plain AdamW (default sam)")
-    p.add_argument("--rho", type=bounded_float(0.001, 10.0), default=None,
-                   help="SAM neighbourhood radius (default 0.05)")
-    p.add_argument("--adapter", choices=["none", "bottleneck", "lora"], default=None,
-                   help="freeze the backbone and train adapters / LoRA only (merged before export) (default none)")
-    p.add_argument("--adapter-reduction", type=bounded_int(1, 1024), default=None,
-                   help="bottleneck adapter width = dim / this (default 16)")
-    p.add_argument("--lora-rank", type=bounded_int(1, 1024), default=None, help="rank of the LoRA updates (default 8)")
-    p.add_argument("--synthetic", action="append", default=[], metavar="DIR",
-                   help="synthetic dataset (ICBHI layout or class folders) added to TRAINING only; repeatable "
-                   "(default: none)")
-    p.add_argument("--aft", action="store_true",
-                   help="adversarial fine-tuning: domain head behind gradient reversal; needs --synthetic "
-                   "(default: off)")
-    p.add_argument("--aft-lambda", type=bounded_float(1e-6, 100.0), default=None,
-                   help="weight of the domain loss (default 0.2)")
-    p.add_argument("--augment", default=None,
-                   help="augmentation policy name from stethoedge.train.augment, e.g. specaugment "
-                   "(default: none)")
-    p.add_argument("--distill-from", default=None, metavar="RUN",
-                   help="teacher run directory for distillation (default: none)")
-    p.add_argument("--ema", dest="ema_decay", type=bounded_float(0.5, 0.999999), default=None,
-                   help="weight EMA decay, e.g. 0.999 (default off)")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None,
-                   help="mixed precision; bf16 works on CPU (default none)")
-    p.add_argument("--early-stopping", type=bounded_int(0, 10_000), default=None,
-                   help="stop after this many epochs without a better validation Score; "
-                   "0 = never (default 0)")
-    p.add_argument("--checkpoint-every", type=bounded_int(0, 10_000_000), default=None,
-                   help="save resumable state every N steps; 0 = at the end of each epoch "
-                   "only (default 0)")
-    p.add_argument("--no-resume", action="store_true",
-                   help="start over even if RUN/state.pt exists (default: resume from it)")
-    p.add_argument("--cache", dest="cache_dir", default=None,
-                   help="directory caching fbank features between runs (default: none)")
     p.add_argument("--seeds", type=bounded_int_list(0, MAX_SEED), default=None,
                    help="e.g. 1,2,3: one run per seed under OUT/seed-N, mean +- sd "
                    "(default one run, with --seed)")
-    p.add_argument("--no-weighted-sampler", action="store_true",
-                   help="shuffle instead of inverse-frequency sampling (default: off)")
-    p.add_argument("--val-fraction", type=bounded_float(0.05, 0.9), default=None,
-                   help="fraction of TRAIN patients held out for model selection (default 0.25)")
-    p.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=None,
-                   help="seed of the split, the initialisation and the sampling (default 0)")
-    p.add_argument("--threads", type=bounded_int(1, MAX_THREADS), default=None,
-                   help="torch CPU threads (default one per core)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    for flag, dest, kwargs in TRAIN_FLAGS:
+        p.add_argument(flag, dest=dest, default=None, **kwargs)

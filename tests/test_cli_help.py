@@ -72,25 +72,43 @@ def test_every_help_renders_with_its_defaults() -> None:
                      experiment, re.S)
 
 
-def test_train_help_defaults_are_trainconfig_defaults() -> None:
-    from stethoedge.train.trainer import TrainConfig
+def test_train_help_defaults_are_runconfig_defaults() -> None:
+    from stethoedge.train.run_config import FLAT, default_of
 
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = {flat: default_of(path) for flat, path in FLAT.items()}
     checked = 0
     for path, _, action in ACTIONS:
         if path != "stethoedge train" or action.dest not in defaults or action.default not in (None, False):
             continue
         real = defaults[action.dest]
         m = re.search(r"\(default:? ([^,;)]+)", action.help or "")
-        if m is None or isinstance(real, bool) or real is None or real is dataclasses.MISSING:
-            continue
+        if m is None or isinstance(real, bool) or real is None or real in ("", []) or real is dataclasses.MISSING:
+            continue  # "": --data / --out, required; []: --synthetic, none
         stated = m.group(1).strip()
         if stated == "off":
             assert not real, action.dest
         elif re.fullmatch(r"[\w.+-]+", stated):
-            assert stated == str(real), f"--{action.dest}: help says {stated}, TrainConfig has {real}"
+            assert stated == str(real), f"--{action.dest}: help says {stated}, RunConfig has {real}"
         else:
             continue
         checked += 1
     assert checked >= 15
 
+
+
+def test_train_flags_are_derived_from_runconfig_fields() -> None:
+    """One table (cli_train.TRAIN_FLAGS) maps each flag to a RunConfig field; the fields without a flag are
+    config-file only, on purpose."""
+    from stethoedge.cli_train import TRAIN_FLAGS
+    from stethoedge.train.run_config import FLAT, leaf_paths
+
+    dests = [dest for _, dest, _ in TRAIN_FLAGS]
+    assert len(dests) == len(set(dests))
+    assert set(dests) <= set(FLAT), set(dests) - set(FLAT)
+    assert set(FLAT.values()) == set(leaf_paths())
+    config_only = {"feature_spec", "grad_clip", "drop_path", "adapter_where", "distill_temperature", "distill_alpha",
+                   "stop_after_steps"}
+    assert set(FLAT) - set(dests) == config_only
+    train = {path: parser for path, parser, _ in ACTIONS}["stethoedge train"]
+    parsed = {a.dest for a in train._actions}
+    assert set(dests) <= parsed

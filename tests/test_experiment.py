@@ -97,7 +97,7 @@ def test_small_cpu_configuration_shows_progress_and_honours_sizes(sim_data: Path
     # Mixed-N: N per class the generators saw (a class without training cycles is left out, not an error)
     synthetic = json.loads((out / "seed-0" / "synthetic" / "vae" / "synthetic.json").read_text())
     assert set(synthetic["class_counts"].values()) == {2} and synthetic["generator_step"] == 2
-    assert json.loads((out / "seed-0" / "baseline" / "config.json").read_text())["train"]["epochs"] == 1
+    assert json.loads((out / "seed-0" / "baseline" / "config.json").read_text())["run"]["epochs"] == 1
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -22,7 +22,7 @@ import pytest
 from stethoedge.runtime.backends import open_backend
 from stethoedge.runtime.backends.tensorrt_backend import _gpu_name_nvidia_smi, compare_engine_env
 from stethoedge.runtime.bundle import (
-    OVERLAY_NAME, load_bundle, new_overlay, pinned_files, read_verified, sha256_file, write_overlay,
+    OVERLAY_NAME, dump, load_bundle, new_overlay, pinned_files, read_verified, sha256_file, write_overlay,
 )
 from stethoedge.runtime.errors import BackendError, BundleError
 from stethoedge.runtime.signing import generate_keypair, sign_bundle
@@ -131,7 +131,7 @@ def test_signature_and_parse_use_the_same_read(shipped: Path, keys: tuple[Path, 
 def _overlay_with_engine(root: Path, **entry_changes: Any) -> dict[str, Any]:
     engine = root / "model.fp16.engine"
     engine.write_bytes(b"dummy engine bytes (TensorRT cannot be installed here)")
-    overlay = new_overlay(_manifest(root))
+    overlay = dump(new_overlay(_manifest(root)))
     overlay["engines"].append({
         "name": "tensorrt-fp16", "file": engine.name, "format": "tensorrt", "precision": "fp16",
         "sha256": sha256_file(engine), "size_bytes": engine.stat().st_size, "tolerance": 0.05, "status": "passed",
@@ -148,7 +148,7 @@ def test_overlay_engine_loads_with_a_valid_owner_signature(shipped: Path, keys: 
     assert (shipped / "manifest.json").read_bytes() == signed_bytes and (shipped / "manifest.sig").is_file()
     art = bundle.artifacts["tensorrt-fp16"]
     assert art.format == "tensorrt" and art.engine["gpu"] == "Orin (nvgpu)"
-    assert bundle.overlay["onnx"]["sha256"] == bundle.artifacts["onnx-fp32"].sha256
+    assert bundle.overlay.onnx.sha256 == bundle.artifacts["onnx-fp32"].sha256
     assert bundle.manifest["default_artifact"] != "tensorrt-fp16"  # the signed default is kept
     with pytest.raises(BackendError, match="TensorRT is not installed on this device"):
         open_backend(bundle, "tensorrt-fp16")

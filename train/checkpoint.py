@@ -65,8 +65,13 @@ def build_model(architecture: str, config: dict[str, Any]) -> tuple[nn.Module, A
     raise DataError(f"unknown architecture {architecture!r}; this stethoedge knows {', '.join(ARCHITECTURES)}")
 
 
-def save_checkpoint(path: Path, model: nn.Module, config: Any, spec: FeatureSpec, **meta: Any) -> None:
-    """Write weights + architecture + config + spec atomically (temporary file, then rename); no adapters."""
+def save_checkpoint(path: Path, model: nn.Module, config: Any, spec: FeatureSpec, *,
+                    labels: tuple[str, ...] | list[str] = CLASSES, **meta: Any) -> None:
+    """Write weights + architecture + config + spec + label set atomically (temporary file, then rename).
+
+    ``labels``: the model's class names, index = output (the run's ``RunConfig.data.labels``); the
+    exporter writes them into the bundle manifest. No adapters (merge them first).
+    """
     from stethoedge.train.adapters import has_adapters
 
     if has_adapters(model):
@@ -74,7 +79,7 @@ def save_checkpoint(path: Path, model: nn.Module, config: Any, spec: FeatureSpec
     payload = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "architecture": architecture_of(model),
         "model_config": config.to_dict(),
-        "feature_spec": spec.to_dict(), "labels": list(CLASSES), "state_dict": model.state_dict(), "meta": meta,
+        "feature_spec": spec.to_dict(), "labels": list(labels), "state_dict": model.state_dict(), "meta": meta,
     }
     with output_path(path) as tmp:
         torch.save(payload, tmp)
@@ -101,5 +106,9 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
         state = payload["state_dict"]
         model.load_state_dict(upgrade_state_dict(state) if architecture == "ast" else state)
         model.eval()
-    return LoadedCheckpoint(model, config, FeatureSpec.from_dict(payload["feature_spec"]), tuple(payload["labels"]),
+    labels = payload.get("labels", list(CLASSES))  # every version wrote them; the ICBHI four if ever absent
+    n_out = getattr(config, "n_classes", None)
+    if not isinstance(labels, (list, tuple)) or (n_out is not None and n_out != len(labels)):
+        raise DataError(f"{p}: the checkpoint's label set {labels!r} does not match its {n_out} model outputs")
+    return LoadedCheckpoint(model, config, FeatureSpec.from_dict(payload["feature_spec"]), tuple(labels),
                             dict(payload.get("meta", {})))

@@ -21,7 +21,9 @@ from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.outputs import output_path
 from stethoedge.runtime.padding import cyclic_pad
 from stethoedge.train.features_torch import log_mel_fbank_torch, normalize_torch
-from stethoedge.data.icbhi import Recording, list_recordings, load_cycles, patient_holdout
+from stethoedge.data.folders import FolderRecording, folder_holdout, list_dataset, recording_cycles
+from stethoedge.data.icbhi import Recording, list_recordings, patient_holdout
+from stethoedge.runtime.labels import CLASSES
 
 log = logging.getLogger("stethoedge.train")
 
@@ -31,23 +33,31 @@ class CycleWindows:
     """Respiratory cycles padded/cut to model windows, with labels and provenance."""
 
     audio: np.ndarray  # (n, window_samples) float32
-    labels: np.ndarray  # (n,) int64, 4-class
+    labels: np.ndarray  # (n,) int64, index into the run's label set
     stems: list[str] = field(default_factory=list)  # recording stem of each window
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
 
-def split_recordings(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[Recording]]:
-    """{'train', 'val', 'test'} recordings: official split + patient-held-out validation from train."""
-    recordings = list_recordings(Path(root))
+def split_recordings(root: str | Path, val_fraction: float = 0.2, seed: int = 0,
+                     labels: tuple[str, ...] = CLASSES) -> dict[str, list[Recording]]:
+    """{'train', 'val', 'test'} recordings: official split + patient-held-out validation from train.
+
+    A label set other than the ICBHI classes reads class folders named after it
+    (stethoedge.data.folders.list_dataset); their validation set is held out per file, by class.
+    """
+    recordings = list_dataset(Path(root), labels)
     if not recordings:
         raise DataError(f"{root}: no ICBHI-style recordings (<stem>.wav + <stem>.txt) found")
     test = [r for r in recordings if r.split == "test"]
     train_all = [r for r in recordings if r.split == "train"]
     if not train_all:
         raise DataError(f"{root}: the split assigns no recording to train")
-    train, val = patient_holdout(train_all, fraction=val_fraction, seed=seed)
+    if isinstance(train_all[0], FolderRecording):
+        train, val = folder_holdout(train_all, fraction=val_fraction, seed=seed)
+    else:
+        train, val = patient_holdout(train_all, fraction=val_fraction, seed=seed)
     return {"train": train, "val": val, "test": test}
 
 
@@ -55,7 +65,7 @@ def load_windows(recordings: list[Recording], spec: FeatureSpec, desc: str = "lo
     """Every annotated cycle of ``recordings`` as a cyclically padded window."""
     audio, labels, stems = [], [], []
     for rec in tqdm(recordings, desc=desc, unit="rec", leave=False, disable=None):
-        for cycle_audio, label in load_cycles(rec, spec.sample_rate):
+        for cycle_audio, label in recording_cycles(rec, spec.sample_rate):
             audio.append(cyclic_pad(cycle_audio, spec.window_samples))
             labels.append(label)
             stems.append(rec.stem)
@@ -130,12 +140,11 @@ def cached_fbank(audio: np.ndarray, spec: FeatureSpec, cache_dir: str | os.PathL
     return feats
 
 
-def load_synthetic(roots: list[str], spec: FeatureSpec) -> CycleWindows:
-    """Every cycle of synthetic datasets (ICBHI layout or class folders), ALL for training.
+def load_synthetic(roots: list[str], spec: FeatureSpec, labels: tuple[str, ...] = CLASSES) -> CycleWindows:
+    """Every cycle of synthetic datasets (ICBHI layout or class folders named after ``labels``), ALL for training.
 
     The split file of a synthetic set is ignored: synthetic data never enters validation or test.
     """
-    from stethoedge.runtime.labels import CLASSES
     from stethoedge.data.folders import list_folder_dataset, load_folder_items
 
     parts = []
@@ -143,8 +152,8 @@ def load_synthetic(roots: list[str], spec: FeatureSpec) -> CycleWindows:
         path = Path(root)
         if not path.is_dir():
             raise DataError(f"{root}: synthetic data directory does not exist")
-        if any((path / name).is_dir() for name in CLASSES):
-            items = load_folder_items(list_folder_dataset(path), spec.sample_rate)
+        if any((path / name).is_dir() for name in labels):
+            items = load_folder_items(list_folder_dataset(path, labels), spec.sample_rate, n_classes=len(labels))
             audio = [cyclic_pad(a, spec.window_samples) for a, _ in items]
             parts.append(CycleWindows(np.stack(audio) if audio else np.zeros((0, spec.window_samples), np.float32),
                                       np.asarray([lab for _, lab in items], dtype=np.int64),

@@ -59,7 +59,7 @@ def artifact_for_backend(bundle: Bundle, backend: str, allow_failed: bool = Fals
     it, else the first passed artifact of the backend's format (with ``allow_failed``, then the
     first failed-verification one); BackendError listing the artifacts and the flags when none fits."""
     wanted = FORMATS_BY_BACKEND[backend]
-    default = bundle.artifacts[bundle.manifest["default_artifact"]]
+    default = bundle.artifacts[bundle.typed_manifest.default_artifact]
     if default.format == wanted and (default.status == "passed" or allow_failed):
         return default.name
     matching = [a for a in bundle.artifacts.values() if a.format == wanted]

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,11 @@ import numpy as np
 
 from stethoedge.runtime.bundle import Artifact, Bundle
 from stethoedge.runtime.errors import BackendError, BundleError
+#: EngineEnv (the typed engine environment) and the comparison live with the manifest types; re-exported here.
+from stethoedge.runtime.manifest import MATCH_KEYS, EngineEnv, compare_engine_env  # noqa: F401
 
 INSTALL = ("JetPack ships TensorRT (python3-libnvinfer) and trtexec (/usr/src/tensorrt/bin); "
            "then pip install polygraphy. Not available on Raspberry Pi (no NVIDIA GPU).")
-#: Keys of the engine entry that must match the device exactly for an engine to be loaded: the
-#: TensorRT version, the CUDA version (full, then major for entries that only recorded the major)
-#: and the GPU name. A key the engine recorded that the device cannot report is refused.
-MATCH_KEYS = ("tensorrt", "cuda", "cuda_major", "gpu")
 
 
 def _read(path: str) -> str | None:
@@ -90,65 +87,15 @@ def rebuild_command(bundle_root: str | os.PathLike, precision: str) -> str:
     return f"stethoedge build-engine {bundle_root} --precision {precision}"
 
 
-def compare_engine_env(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Mismatches between the environment an engine was built in and this device's (pure function).
-
-    Every key of ``MATCH_KEYS`` the engine recorded must equal the device's value; a recorded key
-    the device cannot determine (None) is a mismatch too ("unknown"), never a silent pass. Keys the
-    engine did not record (older entries) are skipped, except TensorRT and the GPU, which are required.
-    """
-    problems = []
-    for key in MATCH_KEYS:
-        built, here = recorded.get(key), current.get(key)
-        if built in (None, "") and key not in ("tensorrt", "gpu"):
-            continue
-        if built in (None, ""):
-            problems.append(f"{key} not recorded by the engine (built before GPU checks; rebuild it)")
-        elif here in (None, ""):
-            problems.append(f"{key} {built} (engine) vs unknown (this device cannot report its {key})")
-        elif str(built).strip() != str(here).strip():
-            problems.append(f"{key} {built} (engine) vs {here} (this device)")
-    return problems
-
-
-@dataclass(frozen=True)
-class EngineEnv:
-    """The environment a TensorRT engine is tied to (recorded in its entry as ``engine``)."""
-
-    tensorrt: str | None = None
-    cuda: str | None = None
-    cuda_major: str | None = None
-    gpu: str | None = None
-    l4t: str | None = None
-    jetpack: str | None = None
-
-    @classmethod
-    def current(cls) -> "EngineEnv":
-        """This device's environment (GPU name included)."""
-        return cls.from_dict(device_environment(gpu=gpu_name()))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EngineEnv":
-        """From an engine entry (extra keys such as builder or max_batch are ignored)."""
-        return cls(**{k: (None if data.get(k) is None else str(data[k])) for k in cls.__dataclass_fields__})
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, the keys ``device_environment`` reports."""
-        return asdict(self)
-
-    def mismatches(self, built: "EngineEnv | dict[str, Any]") -> list[str]:
-        """``compare_engine_env(built, self)``: why an engine built in ``built`` cannot run here."""
-        return compare_engine_env(built.to_dict() if isinstance(built, EngineEnv) else built, self.to_dict())
-
-
-def check_engine_compatible(entry: dict[str, Any], device: dict[str, Any], bundle_root: str | os.PathLike,
-                            precision: str) -> None:
+def check_engine_compatible(entry: EngineEnv | dict[str, Any], device: EngineEnv | dict[str, Any],
+                            bundle_root: str | os.PathLike, precision: str) -> None:
     """Refuse (BundleError with the rebuild command) when the engine was built for another environment.
 
     TensorRT engines are tied to the exact TensorRT version, the CUDA version and the GPU model
     (``compare_engine_env``); a device that cannot report one of them cannot prove it matches.
     """
-    if not device.get("tensorrt"):
+    device = EngineEnv.from_dict(device)
+    if not device.tensorrt:
         raise BackendError(f"TensorRT is not installed on this device; {INSTALL}")
     problems = compare_engine_env(entry, device)
     if problems:
@@ -211,8 +158,8 @@ class TensorRTBackend:
     def __init__(self, bundle: Bundle, artifact: Artifact, threads: int | None = None) -> None:
         if artifact.format != "tensorrt":
             raise BackendError(f"artifact {artifact.name} is {artifact.format}, not a TensorRT engine")
-        check_engine_compatible(artifact.engine or {}, device_environment(gpu=gpu_name()), bundle.root,
-                                artifact.precision)
+        here = EngineEnv.from_dict(device_environment(gpu=gpu_name()))
+        check_engine_compatible(artifact.engine or EngineEnv(), here, bundle.root, artifact.precision)
         try:
             from polygraphy.backend.common import BytesFromPath
             from polygraphy.backend.trt import EngineFromBytes, TrtRunner
@@ -225,7 +172,7 @@ class TensorRTBackend:
         except Exception as exc:  # TensorRT raises plain RuntimeErrors with multi-line logs
             raise BackendError(f"TensorRT could not load {artifact.file}: {str(exc).splitlines()[0]}; "
                                f"rebuild with: {rebuild_command(bundle.root, artifact.precision)}") from None
-        self.input_name = bundle.manifest["input"]["name"]
+        self.input_name = bundle.typed_manifest.input.name
 
     def run(self, features: np.ndarray) -> np.ndarray:
         """Logits (batch, classes) for features (batch, frames, mels)."""

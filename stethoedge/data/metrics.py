@@ -4,6 +4,9 @@ Specificity = correctly classified normal cycles / normal cycles; Sensitivity = 
 classified as their exact abnormal class / abnormal cycles; Score = their mean (the official
 challenge definition). Also macro-F1, per-class recall, AUROC (one-vs-rest, from class
 probabilities), the binary normal/abnormal view, and mean +- sd over seeds.
+
+Any label set works (a run's ``RunConfig.data.labels``: 2, 4, 7 classes...): pass ``labels``; class 0
+is the "normal" class of Specificity and of the binary view. Without ``labels`` the ICBHI classes apply.
 """
 from __future__ import annotations
 
@@ -19,13 +22,15 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = le
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"label arrays differ in shape: {y_true.shape} vs {y_pred.shape}")
+    if y_true.size and max(int(y_true.max()), int(y_pred.max())) >= n_classes:
+        raise ValueError(f"a label is outside the {n_classes} classes (pass the run's label set)")
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
     return cm
 
 
 def icbhi_scores(cm: np.ndarray) -> dict[str, float]:
-    """Specificity, Sensitivity and Score (in [0, 1]) from a 4-class confusion matrix (class 0 = normal)."""
+    """Specificity, Sensitivity and Score (in [0, 1]) from a confusion matrix (class 0 = normal)."""
     normal_total = cm[0].sum()
     abnormal_total = cm[1:].sum()
     sp = float(cm[0, 0] / normal_total) if normal_total else float("nan")
@@ -46,7 +51,7 @@ def macro_f1(cm: np.ndarray) -> float:
 
 
 def binary_confusion(cm: np.ndarray) -> np.ndarray:
-    """Collapse a 4-class confusion matrix to normal/abnormal."""
+    """Collapse a confusion matrix to normal (class 0) / abnormal (every other class)."""
     return np.array([[cm[0, 0], cm[0, 1:].sum()], [cm[1:, 0].sum(), cm[1:, 1:].sum()]], dtype=np.int64)
 
 
@@ -62,10 +67,10 @@ def auroc(positive: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def auroc_report(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    """One-vs-rest AUROC per class, their macro mean, and the binary normal/abnormal AUROC."""
+def auroc_report(y_true: np.ndarray, probs: np.ndarray, labels: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """One-vs-rest AUROC per class (``labels``, default the ICBHI classes), their macro mean, binary AUROC."""
     y_true = np.asarray(y_true, dtype=np.int64)
-    per_class = {name: auroc(y_true == k, probs[:, k]) for k, name in enumerate(CLASSES)}
+    per_class = {name: auroc(y_true == k, probs[:, k]) for k, name in enumerate(labels or CLASSES)}
     finite = [v for v in per_class.values() if np.isfinite(v)]
     return {"per_class": {k: (v if np.isfinite(v) else None) for k, v in per_class.items()},
             "macro": float(np.mean(finite)) if finite else float("nan"),
@@ -91,14 +96,19 @@ def summarize_seeds(results: list[dict[str, Any]], keys: tuple[str, ...] = ("spe
     return out
 
 
-def evaluate(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray | None = None) -> dict[str, Any]:
-    """All metrics of one evaluation as a JSON-ready dict (AUROC too when class ``probs`` are given)."""
-    cm = confusion_matrix(y_true, y_pred)
+def evaluate(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray | None = None,
+             labels: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """All metrics of one evaluation as a JSON-ready dict (AUROC too when class ``probs`` are given).
+
+    ``labels``: the class names, index = class (default the 4 ICBHI classes); per-class entries use them.
+    """
+    names = tuple(labels) if labels is not None else CLASSES
+    cm = confusion_matrix(y_true, y_pred, n_classes=len(names))
     out: dict[str, Any] = dict(icbhi_scores(cm))
     out["macro_f1"] = macro_f1(cm)
     out["accuracy"] = float(np.trace(cm) / cm.sum()) if cm.sum() else float("nan")
     out["per_class_recall"] = {
-        name: (float(cm[k, k] / cm[k].sum()) if cm[k].sum() else None) for k, name in enumerate(CLASSES)
+        name: (float(cm[k, k] / cm[k].sum()) if cm[k].sum() else None) for k, name in enumerate(names)
     }
     bcm = binary_confusion(cm)
     out["binary"] = {
@@ -107,7 +117,7 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray | None = 
     }
     out["binary"]["score"] = float(np.nanmean([out["binary"]["specificity"], out["binary"]["sensitivity"]]))
     if probs is not None:
-        out["auroc"] = auroc_report(y_true, probs)
+        out["auroc"] = auroc_report(y_true, probs, names)
     out["confusion_matrix"] = cm.tolist()
     out["n"] = int(cm.sum())
     return out
