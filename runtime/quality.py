@@ -60,7 +60,6 @@ def _db(x: float) -> float:
     return 10.0 * math.log10(max(x, 1e-20))
 
 
-BLOCK = 2 * FRAME  # one 32 ms frame at 16 kHz
 SPECTRAL_STRIDE = 4  # version 2: spectral statistics on every 4th frame
 
 
@@ -75,45 +74,75 @@ _WINDOW64 = _WINDOW.astype(np.float64)
 #: irfft of a log spectrum restricted to the 80-400 Hz pitch quefrencies: (FRAME/2+1, quefrencies)
 _CEPS = np.ascontiguousarray(np.fft.irfft(np.eye(FRAME // 2 + 1), n=FRAME, axis=1)[:, RATE // 2 // 400: RATE // 2 // 80])
 _LOG30 = 10 * math.log10(30.0)
-_MF = np.fft.rfftfreq(_WINDOW_ENV.shape[0], BLOCK / RATE)
+_MF = np.fft.rfftfreq(_WINDOW_ENV.shape[0], 2 * FRAME / RATE)
 _SYL, _BRE = (_MF >= 3) & (_MF < 8), (_MF >= 0.1) & (_MF < 1.0)
+
+
+def _frames(x8: np.ndarray) -> np.ndarray:
+    """(frames, FRAME) view of the 8 kHz signal (zero-padded to one frame when shorter)."""
+    frames = max(1, x8.shape[0] // FRAME)
+    if x8.shape[0] >= frames * FRAME:
+        return x8[: frames * FRAME].reshape(frames, FRAME)
+    seg = np.zeros((frames, FRAME), np.float32)
+    seg.reshape(-1)[: x8.shape[0]] = x8
+    return seg
+
+
+def _envelope_features(f: dict[str, float], seg: np.ndarray, r8: int) -> None:
+    """32 ms frame energies of the mean-free 8 kHz frames ``seg``: impulses (knocks), envelope spread,
+    and modulation at syllable (3-8 Hz) vs breathing (0.1-1 Hz) rates; written into ``f``."""
+    frames = seg.shape[0]
+    e = np.einsum("ij,ij->i", seg, seg) / FRAME + 1e-12
+    edb = 10 * np.log10(e)
+    ranked = np.sort(edb)
+    med_db = float(ranked[len(ranked) // 2])
+    f["impulses"] = float(np.count_nonzero(edb > med_db + _LOG30))
+    f["env_p95_med_db"] = float(ranked[min(len(ranked) - 1, int(0.95 * len(ranked)))]) - med_db
+    env = edb - edb.mean()
+    f["frame_db_std"] = math.sqrt(float(np.dot(env, env)) / env.shape[0])
+    if frames >= 16:
+        full = frames == _WINDOW_ENV.shape[0]
+        mod = np.fft.rfft(env * (_WINDOW_ENV if full else np.hanning(frames)))
+        mod = mod.real * mod.real + mod.imag * mod.imag
+        mf = _MF if full else np.fft.rfftfreq(frames, FRAME / r8)
+        syl, bre = (_SYL, _BRE) if full else ((mf >= 3) & (mf < 8), (mf >= 0.1) & (mf < 1.0))
+        tot = float(mod[1:].sum()) + 1e-12
+        f["mod_syllable"] = float(mod[syl].sum()) / tot
+        f["mod_breath"] = float(mod[bre].sum()) / tot
+    else:
+        f["mod_syllable"] = f["mod_breath"] = 0.0
 
 
 def quality_features(audio: np.ndarray, available: int | None = None, rate: int = RATE) -> dict[str, float]:
     """Cheap signal features (``FEATURE_NAMES``, version 2) of the real part (first ``available`` samples)
-    of a 16 kHz window: about half the work of version 1. Exact over every sample: level, peak,
-    clipping and the 32 ms frame energies; spectral statistics (and the zero-crossing rate, at 8 kHz)
-    on every ``SPECTRAL_STRIDE``-th frame."""
+    of a 16 kHz window, with about half the work of version 1: level, peak and clipping over every
+    sample; the 32 ms frame energies over every frame of the 8 kHz signal (pairs averaged: a crude
+    low-pass that makes 8 kHz and 44.1 kHz recordings comparable); spectral statistics and the
+    zero-crossing rate on every ``SPECTRAL_STRIDE``-th frame of it."""
     x = np.asarray(audio, dtype=np.float32)
     n = x.shape[0] if available is None else int(max(1, min(available, x.shape[0])))
     x = x[:n]
-    frames = max(1, n // BLOCK)
-    if n >= BLOCK:
-        blocks, tail = x[: frames * BLOCK].reshape(frames, BLOCK), x[frames * BLOCK:]
-    else:
-        blocks, tail = np.zeros((1, BLOCK), np.float32), x[:0]
-        blocks[0, :n] = x
-    e_raw = np.einsum("ij,ij->i", blocks, blocks)
-    sel = blocks[::SPECTRAL_STRIDE]
-    mu = float(sel.sum(dtype=np.float64)) / sel.size if n >= BLOCK else float(x.sum(dtype=np.float64)) / n
-    ms = max((float(e_raw.sum(dtype=np.float64)) + float(np.dot(tail, tail))) / n - mu * mu, 0.0)
+    mu = float(x.sum(dtype=np.float64)) / n
     hi, lo = float(x.max()), float(x.min())
     peak = max(hi - mu, mu - lo)
+    ms = max(float(np.dot(x, x)) / n - mu * mu, 0.0)
     rms_db, peak_db = _db(ms), 2 * _db(peak)
     f = {"rms_db": rms_db, "peak_db": peak_db, "crest_db": peak_db - rms_db}
-    if peak >= CLIP_LEVEL:
+    if peak >= CLIP_LEVEL:  # as version 1: |x - mean| >= 0.999 peak, without the |x - mean| copy
         t = 0.999 * peak
-        f["clip_ratio"] = (np.count_nonzero(x >= np.float32(mu + t)) + np.count_nonzero(x <= np.float32(mu - t))) / n
+        f["clip_ratio"] = float(np.count_nonzero(x >= np.float32(mu + t)) + np.count_nonzero(x <= np.float32(mu - t))) / n
     else:
         f["clip_ratio"] = 0.0
-    # spectra of every SPECTRAL_STRIDE-th 32 ms frame at 8 kHz (pairs averaged: a crude low-pass)
-    x8 = (sel[:, 0::2] + sel[:, 1::2]).astype(np.float64)
-    x8 *= 0.5
-    x8 -= mu
-    sign = np.signbit(x8)
-    f["zcr"] = float(np.count_nonzero(sign[:, 1:] != sign[:, :-1])) / (sign.shape[0] * (sign.shape[1] - 1))
-    x8 *= _WINDOW64
-    c = np.fft.rfft(x8, axis=1)
+    x8 = np.add(x[0: n - 1: 2], x[1:n:2]) if n >= 2 else x.copy()
+    x8 *= np.float32(0.5 if n >= 2 else 1.0)
+    x8 -= np.float32(mu)
+    r8 = rate // 2
+    seg = _frames(x8)
+    sel = seg[::SPECTRAL_STRIDE].astype(np.float64)
+    sign = np.signbit(sel)
+    f["zcr"] = float(np.count_nonzero(sign[:, 1:] != sign[:, :-1])) / (sign.shape[0] * (FRAME - 1))
+    sel *= _WINDOW64
+    c = np.fft.rfft(sel, axis=1)  # float64: numpy's float32 FFT is several times slower
     spec = c.real * c.real
     spec += c.imag * c.imag
     spec += 1e-20
@@ -128,29 +157,12 @@ def quality_features(audio: np.ndarray, available: int | None = None, rate: int 
     band_log = logspec[:, _BAND_SL].sum(1) / _BAND_N
     band_mean = spec[:, _BAND_SL].sum(1) / _BAND_N
     f["flatness"] = float(np.exp(band_log).dot(1.0 / band_mean)) / spec.shape[0]
+    # cepstral peak in the 80-400 Hz pitch range on the loudest quarter of those frames:
+    # voiced speech is harmonic, breath is not
     k = max(1, spec.shape[0] // 4)
     loud = np.argpartition(spec.sum(1), spec.shape[0] - k)[-k:] if k < spec.shape[0] else slice(None)
     f["cepstral_peak"] = float((logspec[loud] @ _CEPS).max(1).mean())
-    # 32 ms frame energies (DC out): knocks, and modulation at syllable vs breathing rates
-    e = np.maximum(e_raw / BLOCK - mu * mu, 0.0) + 1e-12  # DC out (approximately: the offset is the same in every frame)
-    edb = 10 * np.log10(e)
-    ranked = np.sort(edb)
-    med_db = float(ranked[len(ranked) // 2])
-    f["impulses"] = float(np.count_nonzero(edb > med_db + _LOG30))
-    f["env_p95_med_db"] = float(ranked[min(len(ranked) - 1, int(0.95 * len(ranked)))]) - med_db
-    env = edb - edb.mean()
-    f["frame_db_std"] = math.sqrt(float(np.dot(env, env)) / env.shape[0])
-    if frames >= 16:
-        full = frames == _WINDOW_ENV.shape[0]
-        mod = np.fft.rfft(env * (_WINDOW_ENV if full else np.hanning(frames)))
-        mod = mod.real * mod.real + mod.imag * mod.imag
-        mf = _MF if full else np.fft.rfftfreq(frames, BLOCK / rate)
-        syl, bre = (_SYL, _BRE) if full else ((mf >= 3) & (mf < 8), (mf >= 0.1) & (mf < 1.0))
-        tot = float(mod[1:].sum()) + 1e-12
-        f["mod_syllable"] = float(mod[syl].sum()) / tot
-        f["mod_breath"] = float(mod[bre].sum()) / tot
-    else:
-        f["mod_syllable"] = f["mod_breath"] = 0.0
+    _envelope_features(f, seg, r8)
     return {k: float(f[k]) for k in FEATURE_NAMES}
 
 
@@ -171,12 +183,7 @@ def quality_features_v1(audio: np.ndarray, available: int | None = None, rate: i
     # on every other 32 ms frame: half the FFTs, the same statistics
     x8 = (0.5 * (x[0 : n - 1 : 2] + x[1:n:2]) if n >= 2 else x.copy()) - np.float32(mu)
     r8 = rate // 2
-    frames = max(1, x8.shape[0] // FRAME)
-    if x8.shape[0] >= frames * FRAME:
-        seg = x8[: frames * FRAME].reshape(frames, FRAME)
-    else:
-        seg = np.zeros((frames, FRAME), np.float32)
-        seg.reshape(-1)[: x8.shape[0]] = x8
+    seg = _frames(x8)
     spec = np.abs(np.fft.rfft(seg[::2] * _WINDOW, axis=1)) ** 2 + 1e-20  # (frames/2, FRAME/2+1)
     freqs = _FREQS
     psd = spec.mean(0)
@@ -193,23 +200,7 @@ def quality_features_v1(audio: np.ndarray, available: int | None = None, rate: i
     loud = spec[np.argsort(spec.sum(1))[-max(1, spec.shape[0] // 4):]]
     ceps = np.fft.irfft(np.log(loud), axis=1)
     f["cepstral_peak"] = float(np.mean(ceps[:, r8 // 400: r8 // 80].max(1)))
-    # frame-energy envelope (32 ms): impulses (knocks), modulation at syllable vs breathing rates
-    e = np.einsum("ij,ij->i", seg, seg) / FRAME + 1e-12  # frame energies (the mean is already out)
-    edb = 10 * np.log10(e)
-    ranked = np.sort(edb)
-    med_db = float(ranked[len(ranked) // 2])
-    f["impulses"] = float(np.count_nonzero(edb > med_db + 10 * math.log10(30.0)))
-    f["env_p95_med_db"] = float(ranked[min(len(ranked) - 1, int(0.95 * len(ranked)))]) - med_db
-    f["frame_db_std"] = float(edb.std())
-    env = edb - edb.mean()
-    if frames >= 16:
-        mod = np.abs(np.fft.rfft(env * (_WINDOW_ENV if frames == _WINDOW_ENV.shape[0] else np.hanning(frames)))) ** 2
-        mf = np.fft.rfftfreq(frames, FRAME / r8)
-        tot = mod[1:].sum() + 1e-12
-        f["mod_syllable"] = float(mod[(mf >= 3) & (mf < 8)].sum() / tot)
-        f["mod_breath"] = float(mod[(mf >= 0.1) & (mf < 1.0)].sum() / tot)
-    else:
-        f["mod_syllable"] = f["mod_breath"] = 0.0
+    _envelope_features(f, seg, r8)
     return {k: float(f[k]) for k in FEATURE_NAMES}
 
 

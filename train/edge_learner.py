@@ -10,7 +10,9 @@
    trains the tail, which is what fits in the budget;
 3. fine-tunes the tail (``features[tune_from:]`` + MLP head, new 4-class layer) with SAM/ASAM or
    AdamW, label smoothing, L2-SP towards the pretrained tail weights, and a sampler that balances
-   sources and, within each source, classes; one epoch = ``samples_per_epoch`` draws;
+   sources and, within each source, classes; one epoch = ``samples_per_epoch`` draws (with
+   ``adapters = "lora"|"bottleneck"`` the tail stays frozen and only adapters in it and the head
+   train, train/cnn_adapters.py; they are merged into the tail before export);
 4. selects the epoch on validation patients only: the mean over sources of the 4-class Score;
 5. fits the baselines on the same splits (always-normal, a class/source-balanced logistic probe on
    the frozen pooled embedding, its L2 chosen on validation) and evaluates everything on every role;
@@ -37,6 +39,7 @@ from stethoedge.runtime.outputs import atomic_write_text, open_output, output_pa
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.feature_spec import FeatureSpec, efficientat_spec
 from stethoedge.runtime.features import kaldi_mel
+from stethoedge.train.cnn_adapters import is_adapter_tensor
 from stethoedge.train.efficientat import MNConfig, MobileNetV3Audio, load_efficientat
 from stethoedge.data.evaluation import report
 from stethoedge.data.metrics import confusion_matrix, icbhi_scores
@@ -84,6 +87,12 @@ class EdgeRecipe:
     yamnet: str | None = None  # yamnet.tflite: adds the frozen-YAMNet probe baseline to the evaluation
     init: str = "pretrained"  # "pretrained" (the AudioSet weights) or "random" (the from-scratch baseline)
     aft_lambda: float = 0.0  # > 0: a source-adversarial domain head (gradient reversal) on the pooled embedding
+    # "lora" | "bottleneck": train adapters (train/cnn_adapters.py) in the frozen tail instead of the tail
+    # itself; merged before export, so the run still writes a plain MobileNetV3Audio. "none": the shipped recipe.
+    adapters: str = "none"
+    adapter_rank: int = 8  # conv-LoRA rank
+    adapter_reduction: int = 4  # bottleneck width = channels // reduction
+    adapter_lr: float = 1e-3  # learning rate of the adapter tensors
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "EdgeRecipe":
@@ -297,9 +306,13 @@ def cached_trunk(r: EdgeRecipe, spec: FeatureSpec, table: ExampleTable, pretrain
 def make_optimizer(r: EdgeRecipe, tail: Tail) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """(optimizer, the base optimizer the scheduler drives): new head at ``lr``, pretrained tail at ``tail_lr``."""
     new = ("classifier.5", "domain.")
+    adapter = [p for k, p in tail.named_parameters() if p.requires_grad and is_adapter_tensor(k)]
     head = [p for k, p in tail.named_parameters() if k.startswith(new)]
-    body = [p for k, p in tail.named_parameters() if not k.startswith(new)]
+    body = [p for k, p in tail.named_parameters() if not k.startswith(new) and p.requires_grad and
+            not is_adapter_tensor(k)]
     groups = [{"params": head, "lr": r.lr}, {"params": body, "lr": r.tail_lr}]
+    if adapter:  # only with r.adapters: the tail itself is frozen then
+        groups.append({"params": adapter, "lr": r.adapter_lr})
     if r.optimizer in ("sam", "asam"):
         sam = SAM(groups, torch.optim.AdamW, rho=r.rho, adaptive=r.optimizer == "asam", weight_decay=r.weight_decay)
         return sam, sam.base_optimizer
@@ -307,6 +320,24 @@ def make_optimizer(r: EdgeRecipe, tail: Tail) -> tuple[torch.optim.Optimizer, to
         adamw = torch.optim.AdamW(groups, weight_decay=r.weight_decay)
         return adamw, adamw
     raise DataError(f"optimizer {r.optimizer!r} is not sam, asam or adamw")
+
+
+def adapt_tail(tail: Tail, r: EdgeRecipe) -> Tail:
+    """Add ``r.adapters`` to every block of the tail and freeze it but for the adapters, the head (and a domain head)."""
+    from stethoedge.train.cnn_adapters import CNNAdapterConfig, adapt_blocks, adapted_blocks, freeze_for_adapters
+
+    if r.adapters not in ("lora", "bottleneck"):
+        raise DataError(f"adapters {r.adapters!r} is not none, lora or bottleneck")
+    cfg = CNNAdapterConfig(kind=r.adapters, from_block=0, rank=r.adapter_rank, reduction=r.adapter_reduction)
+    blocks = adapted_blocks(tail.blocks, 0)
+    if not blocks:
+        raise DataError(f"tune_from {r.tune_from} leaves no inverted residual block for adapters (at most 15)")
+    adapt_blocks(blocks, cfg)
+    freeze_for_adapters(tail, blocks, tail.classifier, cfg)
+    trainable = sum(p.numel() for p in tail.parameters() if p.requires_grad)
+    log.info("%s adapters in %d tail blocks: %d trainable of %d tail parameters", r.adapters, len(blocks), trainable,
+             sum(p.numel() for p in tail.parameters()))
+    return tail
 
 
 def run_recipe(r: EdgeRecipe) -> dict[str, Any]:
@@ -352,6 +383,8 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
     h_val = np.asarray(h_clean[val_idx])
 
     tail = Tail(pretrained, r.tune_from, freeze_bn=r.init == "pretrained")
+    if r.adapters != "none":
+        adapt_tail(tail, r)
     sources = sorted(set(table.source.tolist()))
     d_train = np.array([sources.index(x) for x in s_train], dtype=np.int64)
     if r.aft_lambda > 0:
@@ -431,6 +464,10 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
                         "best": best, "epoch": epoch + 1, "recipe": asdict(r)}, tmp)
     assert best is not None
     tail.load_state_dict(best["tail"])
+    if r.adapters != "none":
+        from stethoedge.train.cnn_adapters import merge_cnn_adapters
+
+        merge_cnn_adapters(tail.eval())  # a plain tail from here on: assemble() and export see no adapter
 
     model_logits = predict_tail(tail, h_clean)
     if r.init == "random":
