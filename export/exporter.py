@@ -255,6 +255,156 @@ def _manifest_notes(run: Path, ckpt: Any, held: WindowSet, reported: WindowSet |
     }
 
 
+@dataclass
+class _Inputs:
+    """What an export starts from, loaded and cross-checked before anything is built."""
+
+    run: Path
+    ckpt: Any  # LoadedCheckpoint: model, spec, labels, meta
+    held: WindowSet  # the gate's windows (validation split)
+    reported: WindowSet | None  # the test split's windows, measured and reported only
+    features: np.ndarray  # PyTorch-side features of ``held``
+    reference: np.ndarray  # PyTorch logits of ``held``
+    report: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # (features, logits, labels) of ``reported``
+    chosen: np.ndarray  # the self-test windows (indices into ``held``)
+    rep: WindowSet | None  # the representative set, when a calibrated artifact is requested
+
+
+def _reference_of(ckpt: Any, ws: WindowSet) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch on the training-side (torch) features of ``ws``'s audio: (features, logits)."""
+    feats = fbank_batches(ws.audio, ckpt.spec).numpy()
+    with torch.no_grad():
+        return feats, ckpt.model(torch.from_numpy(feats)).numpy().astype(np.float64)
+
+
+def _representative_set(run: Path, spec: Any, data: str | None, calibration_set: str | os.PathLike | None,
+                        calibration_windows: int, seed: int, seen: set[str]) -> WindowSet:
+    """The saved ``calibration_set`` or class-balanced training windows; never a verification recording."""
+    if calibration_set is not None:
+        rep = WindowSet.load(calibration_set)
+    else:
+        from stethoedge.calibration.representative_set import representative_set_for_run
+
+        rep = representative_set_for_run(run, spec, data, calibration_windows, seed)
+    if set(rep.provenance.get("recordings", [])) & seen:
+        raise DataError("the representative set shares recordings with the verification windows")
+    return rep
+
+
+def _load_inputs(run: Path, data: str | None, names: list[str], max_windows: int, selftest_windows: int, seed: int,
+                 report_windows: int | None, calibration_set: str | os.PathLike | None,
+                 calibration_windows: int) -> _Inputs:
+    """The checkpoint, the gate (validation) and report (test) windows with PyTorch's logits, the representative set."""
+    ckpt = load_checkpoint(run)
+    spec = ckpt.spec
+    held = heldout_windows(run, spec, data, max_windows, seed)
+    n_report = max_windows if report_windows is None else report_windows
+    reported = split_windows(run, spec, data, REPORT_SPLIT, n_report, seed) if n_report > 0 else None
+    if reported is not None and set(reported.provenance["recordings"]) & set(held.provenance["recordings"]):
+        raise DataError("the run's validation and test splits share recordings; the gate would see test audio")
+    torch_features, reference = _reference_of(ckpt, held)
+    report = (*_reference_of(ckpt, reported), reported.labels) if reported is not None else None
+    chosen = pick_selftest(reference, selftest_windows)
+    rep = None
+    if any(KINDS[n].calibrated for n in names):
+        seen = set(held.provenance.get("recordings", [])) | set(reported.provenance["recordings"] if reported else [])
+        rep = _representative_set(run, spec, data, calibration_set, calibration_windows, seed, seen)
+    return _Inputs(run, ckpt, held, reported, torch_features, reference, report, chosen, rep)
+
+
+def _write_selftest(tmp: Path, inputs: _Inputs) -> None:
+    """The bundle's self-test vector: audio, features and PyTorch logits of the chosen validation windows."""
+    chosen = inputs.chosen
+    with _signals_held():
+        np.savez(tmp / SELFTEST_NAME, audio=inputs.held.audio[chosen], features=inputs.features[chosen],
+                 logits=inputs.reference[chosen].astype(np.float32))
+
+
+def _build_and_verify(name: str, inputs: _Inputs, tmp: Path, gate: Gate) -> Artifact | FailedArtifact:
+    """One artifact built into ``tmp`` and run by its runtime against PyTorch; a failure is recorded, not raised."""
+    kind, rep = KINDS[name], inputs.rep
+    t0 = time.perf_counter()
+    try:
+        path = _build(kind, inputs.ckpt.model, tmp, inputs.ckpt.spec.input_shape,
+                      (rep.features, rep.labels) if rep is not None else None)
+        seconds = time.perf_counter() - t0
+        result = _verify(kind, path, inputs.features, inputs.reference, inputs.held.labels, inputs.chosen, gate,
+                         inputs.report)
+    except Exception as exc:  # a converter failing must not sink the other formats
+        log.debug("building %s failed:\n%s", name, traceback.format_exc())
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        (tmp / kind.file).unlink(missing_ok=True)
+        return FailedArtifact(name, reason[:500], kind.format, kind.precision, "failed")
+    passed = result["passed"] and result["selftest_top1_ok"]
+    return Artifact(
+        name, kind.file, kind.format, kind.precision, sha256_file(path), path.stat().st_size,
+        # capped: the runtime refuses a tolerance above MAX_TOLERANCE (it would switch the check off)
+        min(MAX_TOLERANCE, max(kind.tolerance, 4.0 * result["selftest_max_logit_diff"])),
+        "passed" if passed else "failed-verification", verification=result,
+        extra={"calibrated_on": _calibrated_on(kind, rep), "export_seconds": round(seconds, 2)},
+    )
+
+
+def _build_artifacts(names: list[str], inputs: _Inputs, tmp: Path,
+                     gate: Gate) -> tuple[list[Artifact], list[FailedArtifact]]:
+    """Every requested artifact, built and verified in catalogue order: (built, failed to build)."""
+    artifacts: list[Artifact] = []
+    failed: list[FailedArtifact] = []
+    for name in names:
+        made = _build_and_verify(name, inputs, tmp, gate)
+        (failed if isinstance(made, FailedArtifact) else artifacts).append(made)
+    return artifacts, failed
+
+
+def _default_artifact(artifacts: list[Artifact], failed: list[FailedArtifact], allow_degraded: bool) -> str:
+    """The gate's verdict: the default artifact among those that passed (an error when none was built or passed)."""
+    passed = [a.name for a in artifacts if a.status == "passed"]
+    if not artifacts:
+        raise StethoedgeError("no artifact could be built: " + "; ".join(f"{f.name}: {f.reason}" for f in failed))
+    if not passed and not allow_degraded:
+        raise StethoedgeError(
+            "every artifact failed verification against PyTorch: "
+            + "; ".join(f"{a.name}: agreement {a.verification['top1_agreement']:.1%}" for a in artifacts)
+            + " (re-run with --allow-degraded to write it anyway)"
+        )
+    # Chosen among artifacts that passed the VALIDATION gate; report_test never enters the choice.
+    preference = ["onnx-int8-dynamic", "onnx-fp32", *KINDS]
+    return next((n for n in preference if n in passed), artifacts[0].name)
+
+
+def _manifest(inputs: _Inputs, tmp: Path, artifacts: list[Artifact], failed: list[FailedArtifact], default: str,
+              gate: Gate, allow_degraded: bool, bundle_calibration_windows: int) -> dict[str, Any]:
+    """The manifest's JSON form (the bundle's calibration file written on the way); no machine paths in it."""
+    ckpt, spec, rep = inputs.ckpt, inputs.ckpt.spec, inputs.rep
+    typed = Manifest(
+        labels=tuple(ckpt.labels), feature_spec=spec,
+        input=InputSpec((None, *spec.input_shape), INPUT_NAME),
+        output=OutputSpec((None, len(ckpt.labels)), OUTPUT_NAME),
+        artifacts=tuple(artifacts), failed_artifacts=tuple(failed), default_artifact=default,
+        selftest=FileRef(SELFTEST_NAME, sha256_file(tmp / SELFTEST_NAME), extra={"windows": int(len(inputs.chosen))}),
+        calibration=(_save_calibration(tmp, rep, bundle_calibration_windows)
+                     if rep is not None and bundle_calibration_windows > 0 else None),
+        extra={"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               **_manifest_notes(inputs.run, ckpt, inputs.held, inputs.reported, gate, allow_degraded)},
+    )
+    # the one serializer's JSON form; a shipped manifest names runs/datasets, never this machine's paths
+    return portable(dump(typed))
+
+
+def _publish(tmp: Path, out: Path, manifest: dict[str, Any], artifacts: list[Artifact], force: bool) -> str:
+    """Drop strays, write manifest and report, load the bundle with the runtime's checks, install it; the report."""
+    keep = {a.file for a in artifacts} | {SELFTEST_NAME, CALIBRATION_NAME}
+    for stray in tmp.iterdir():  # e.g. the fp32 ONNX a quantizer started from, when not requested
+        if stray.name not in keep:
+            stray.unlink()
+    write_manifest(tmp, manifest)
+    report = render_report(manifest)
+    atomic_write_text(tmp / "export_report.md", report)
+    load_bundle(tmp)  # the bundle must load with the runtime's own checks before it is installed
+    install_dir(tmp, out, replace=force, what="this export")
+    return report
+
+
 def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None = None, max_windows: int = 64,
                selftest_windows: int = 4, gate: Gate = Gate(), allow_degraded: bool = False, force: bool = False,
                seed: int = 0, formats: str | list[str] | None = None, calibration_windows: int = 300,
@@ -275,97 +425,15 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
         raise StethoedgeError(f"{out} already exists; pass --force to replace it")
     # runtime/outputs.py: its parent must exist; never the run, nor (replaced with --force) a directory holding inputs
     out = check_output_dir(out, inputs=[run, data, calibration_set], replace=True)
-    ckpt = load_checkpoint(run)
-    spec = ckpt.spec
-    held = heldout_windows(run, spec, data, max_windows, seed)
-    n_report = max_windows if report_windows is None else report_windows
-    reported = split_windows(run, spec, data, REPORT_SPLIT, n_report, seed) if n_report > 0 else None
-    if reported is not None and set(reported.provenance["recordings"]) & set(held.provenance["recordings"]):
-        raise DataError("the run's validation and test splits share recordings; the gate would see test audio")
-
-    def reference_of(ws: WindowSet) -> tuple[np.ndarray, np.ndarray]:
-        """PyTorch on the training-side (torch) features of ``ws``'s audio: (features, logits)."""
-        feats = fbank_batches(ws.audio, spec).numpy()
-        with torch.no_grad():
-            return feats, ckpt.model(torch.from_numpy(feats)).numpy().astype(np.float64)
-
-    torch_features, reference = reference_of(held)
-    report = (*reference_of(reported), reported.labels) if reported is not None else None
-    chosen = pick_selftest(reference, selftest_windows)
-    rep = None
-    if any(KINDS[n].calibrated for n in names):
-        if calibration_set is not None:
-            rep = WindowSet.load(calibration_set)
-        else:
-            from stethoedge.calibration.representative_set import representative_set_for_run
-
-            rep = representative_set_for_run(run, spec, data, calibration_windows, seed)
-        seen = set(held.provenance.get("recordings", [])) | set(reported.provenance["recordings"] if reported else [])
-        if set(rep.provenance.get("recordings", [])) & seen:
-            raise DataError("the representative set shares recordings with the verification windows")
-
+    inputs = _load_inputs(run, data, names, max_windows, selftest_windows, seed, report_windows, calibration_set,
+                          calibration_windows)
     tmp = temp_dir_beside(out)
     try:
-        with _signals_held():
-            np.savez(tmp / SELFTEST_NAME, audio=held.audio[chosen], features=torch_features[chosen],
-                     logits=reference[chosen].astype(np.float32))
-        artifacts, failed = [], []
-        for name in names:
-            kind = KINDS[name]
-            t0 = time.perf_counter()
-            try:
-                path = _build(kind, ckpt.model, tmp, spec.input_shape,
-                              (rep.features, rep.labels) if rep is not None else None)
-                seconds = time.perf_counter() - t0
-                result = _verify(kind, path, torch_features, reference, held.labels, chosen, gate, report)
-            except Exception as exc:  # a converter failing must not sink the other formats
-                log.debug("building %s failed:\n%s", name, traceback.format_exc())
-                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                failed.append(FailedArtifact(name, reason[:500], kind.format, kind.precision, "failed"))
-                (tmp / kind.file).unlink(missing_ok=True)
-                continue
-            passed = result["passed"] and result["selftest_top1_ok"]
-            artifacts.append(Artifact(
-                name, kind.file, kind.format, kind.precision, sha256_file(path), path.stat().st_size,
-                # capped: the runtime refuses a tolerance above MAX_TOLERANCE (it would switch the check off)
-                min(MAX_TOLERANCE, max(kind.tolerance, 4.0 * result["selftest_max_logit_diff"])),
-                "passed" if passed else "failed-verification", verification=result,
-                extra={"calibrated_on": _calibrated_on(kind, rep), "export_seconds": round(seconds, 2)},
-            ))
-        passed = [a.name for a in artifacts if a.status == "passed"]
-        if not artifacts:
-            raise StethoedgeError("no artifact could be built: " + "; ".join(f"{f.name}: {f.reason}" for f in failed))
-        if not passed and not allow_degraded:
-            raise StethoedgeError(
-                "every artifact failed verification against PyTorch: "
-                + "; ".join(f"{a.name}: agreement {a.verification['top1_agreement']:.1%}" for a in artifacts)
-                + " (re-run with --allow-degraded to write it anyway)"
-            )
-        # Chosen among artifacts that passed the VALIDATION gate; report_test never enters the choice.
-        preference = ["onnx-int8-dynamic", "onnx-fp32", *KINDS]
-        default = next((n for n in preference if n in passed), artifacts[0].name)
-        typed = Manifest(
-            labels=tuple(ckpt.labels), feature_spec=spec,
-            input=InputSpec((None, *spec.input_shape), INPUT_NAME),
-            output=OutputSpec((None, len(ckpt.labels)), OUTPUT_NAME),
-            artifacts=tuple(artifacts), failed_artifacts=tuple(failed), default_artifact=default,
-            selftest=FileRef(SELFTEST_NAME, sha256_file(tmp / SELFTEST_NAME), extra={"windows": int(len(chosen))}),
-            calibration=(_save_calibration(tmp, rep, bundle_calibration_windows)
-                         if rep is not None and bundle_calibration_windows > 0 else None),
-            extra={"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   **_manifest_notes(run, ckpt, held, reported, gate, allow_degraded)},
-        )
-        # the one serializer's JSON form; a shipped manifest names runs/datasets, never this machine's paths
-        manifest = portable(dump(typed))
-        keep = {a.file for a in artifacts} | {SELFTEST_NAME, CALIBRATION_NAME}
-        for stray in tmp.iterdir():  # e.g. the fp32 ONNX a quantizer started from, when not requested
-            if stray.name not in keep:
-                stray.unlink()
-        write_manifest(tmp, manifest)
-        report = render_report(manifest)
-        atomic_write_text(tmp / "export_report.md", report)
-        load_bundle(tmp)  # the bundle must load with the runtime's own checks before it is installed
-        install_dir(tmp, out, replace=force, what="this export")
+        _write_selftest(tmp, inputs)
+        artifacts, failed = _build_artifacts(names, inputs, tmp, gate)
+        default = _default_artifact(artifacts, failed, allow_degraded)
+        manifest = _manifest(inputs, tmp, artifacts, failed, default, gate, allow_degraded, bundle_calibration_windows)
+        report = _publish(tmp, out, manifest, artifacts, force)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

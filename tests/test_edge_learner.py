@@ -94,6 +94,10 @@ def test_resume_continues_and_changed_settings_refuse(run: tuple[Path, dict], we
     from stethoedge.train.edge_learner import run_recipe
 
     root, metrics = run
+    state = torch.load(root / "run" / "state.pt", map_location="cpu", weights_only=False)
+    assert list(state) == ["tail", "optimizer", "scheduler", "gen", "history", "best", "epoch", "recipe"], \
+        "state.pt's keys are the on-disk format an interrupted run resumes from"
+    assert state["epoch"] == 2 and state["history"] == metrics["history"]
     again = run_recipe(_recipe(root / "run", weights, root / "cache"))  # state.pt: nothing left to train
     assert json.dumps(again["history"]) == json.dumps(metrics["history"])  # NaN-safe comparison
     with pytest.raises(DataError, match="other settings"):

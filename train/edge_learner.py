@@ -19,6 +19,11 @@
 6. writes a training run directory that ``stethoedge export`` turns into a bundle.
 
 State is saved after every epoch (``state.pt``): an interrupted run resumes where it stopped.
+
+Structure (train/learner.py's, after lmnt-com/diffwave): ``prepare_data`` builds the table, the backbone and
+the trunk cache (``EdgeData``) and ``build_tail`` the trainable tail before the ``EdgeLearner``
+(``train_epoch`` / ``evaluate`` / ``state_dict`` / ``load_state_dict`` / ``fit``) trains it; ``finish``
+fits the baselines, evaluates, chooses what ships on validation and writes the run.
 """
 from __future__ import annotations
 
@@ -351,17 +356,41 @@ def run_recipe(r: EdgeRecipe) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
-def _run(r: EdgeRecipe) -> dict[str, Any]:
-    started = time.time()
-    torch.manual_seed(r.seed)
-    out = Path(r.out)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = efficientat_spec(lowpass_hz=r.lowpass_hz)
-    src = SourceConfig(sprsound=r.sprsound, icbhi=r.icbhi, icbhi_test=r.icbhi_test, val_fraction=r.val_fraction,
-                       icbhi_eval_fraction=r.icbhi_eval_fraction, seed=r.split_seed, max_per_source=r.max_per_source)
-    table = build_table(src, spec, r.cache_dir)
-    counts = summary(table)
-    print("examples (normal, crackle, wheeze, both, patients): " + json.dumps(counts), flush=True)
+# --------------------------------------------------------------------------- before the learner: data and trunk
+
+
+@dataclass
+class EdgeData:
+    """Everything the learner trains on, built before it: the example table, the backbone and its cached trunk."""
+
+    spec: FeatureSpec
+    src: SourceConfig
+    table: ExampleTable
+    counts: dict[str, Any]  # summary(table): examples per source, role and class
+    pretrained: MobileNetV3Audio  # the AudioSet-pretrained network (or its random-init twin)
+    load_report: dict[str, Any]
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    h_clean: np.ndarray  # frozen-trunk output of every window (memory-mapped cache)
+    views: list[np.ndarray]  # the training windows' trunk outputs: clean + ``r.views`` augmented copies
+    h_val: np.ndarray  # h_clean of the validation windows, in memory
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.table.info["cache"])
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted(set(self.table.source.tolist()))
+
+    def split(self, role: str) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, sources) of the ``"train"`` or the ``"val"`` windows."""
+        idx = self.train_idx if role == "train" else self.val_idx
+        return self.table.label[idx], self.table.source[idx]
+
+
+def load_backbone(r: EdgeRecipe, spec: FeatureSpec) -> tuple[MobileNetV3Audio, dict[str, Any]]:
+    """The AudioSet-pretrained mn04 (``r.init == "pretrained"``) or the same network randomly initialised."""
     mn_cfg = MNConfig(width_mult=r.width_mult, n_classes=4, n_frames=spec.num_frames, n_mels=spec.n_mels,
                       dropout=r.dropout)
     if r.init == "random":  # the from-scratch baseline: same network, same recipe, no AudioSet
@@ -369,159 +398,259 @@ def _run(r: EdgeRecipe) -> dict[str, Any]:
         for m in pretrained.modules():  # EfficientAT's 0.01 suits long AudioSet runs, not a few hundred steps
             if isinstance(m, nn.BatchNorm2d):
                 m.momentum = 0.1
-    elif r.init == "pretrained":
-        pretrained, load_report = load_efficientat(r.weights, mn_cfg)
-    else:
-        raise DataError(f"init {r.init!r} is not 'pretrained' or 'random'")
-    cache = Path(table.info["cache"])
+        return pretrained, load_report
+    if r.init == "pretrained":
+        return load_efficientat(r.weights, mn_cfg)
+    raise DataError(f"init {r.init!r} is not 'pretrained' or 'random'")
+
+
+def prepare_data(r: EdgeRecipe) -> EdgeData:
+    """The example table (its counts printed), the backbone and its cached trunk outputs."""
+    spec = efficientat_spec(lowpass_hz=r.lowpass_hz)
+    src = SourceConfig(sprsound=r.sprsound, icbhi=r.icbhi, icbhi_test=r.icbhi_test, val_fraction=r.val_fraction,
+                       icbhi_eval_fraction=r.icbhi_eval_fraction, seed=r.split_seed, max_per_source=r.max_per_source)
+    table = build_table(src, spec, r.cache_dir)
+    counts = summary(table)
+    print("examples (normal, crackle, wheeze, both, patients): " + json.dumps(counts), flush=True)
+    pretrained, load_report = load_backbone(r, spec)
     train_idx, val_idx = table.where("train"), table.where("val")
     if not len(train_idx) or not len(val_idx):
         raise DataError(f"need training and validation windows, got {len(train_idx)} and {len(val_idx)}")
     h_clean, views = cached_trunk(r, spec, table, pretrained, train_idx)
-    y_train, s_train = table.label[train_idx], table.source[train_idx]
-    y_val, s_val = table.label[val_idx], table.source[val_idx]
-    h_val = np.asarray(h_clean[val_idx])
+    return EdgeData(spec, src, table, counts, pretrained, load_report, train_idx, val_idx, h_clean, views,
+                    np.asarray(h_clean[val_idx]))
 
-    tail = Tail(pretrained, r.tune_from, freeze_bn=r.init == "pretrained")
+
+def build_tail(r: EdgeRecipe, data: EdgeData) -> Tail:
+    """The trainable tail: with ``r.adapters`` in it, with ``r.aft_lambda`` > 0 a source-adversarial head on it."""
+    tail = Tail(data.pretrained, r.tune_from, freeze_bn=r.init == "pretrained")
     if r.adapters != "none":
         adapt_tail(tail, r)
-    sources = sorted(set(table.source.tolist()))
-    d_train = np.array([sources.index(x) for x in s_train], dtype=np.int64)
     if r.aft_lambda > 0:
         from stethoedge.train.domain import DomainHead
 
-        tail.domain = DomainHead(pretrained.cfg.last_conv_channels, n_domains=len(sources))
-    reference = {k: v.detach().clone() for k, v in tail.named_parameters()
-                 if not k.startswith(("classifier.5", "domain."))}
-    optimizer, base = make_optimizer(r, tail)
-    steps_per_epoch = math.ceil(r.samples_per_epoch / r.batch_size)
-    total = r.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        base, lambda s: min(1.0, (s + 1) / steps_per_epoch) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
-    weights = torch.from_numpy(sample_weights(y_train, s_train))
+        tail.domain = DomainHead(data.pretrained.cfg.last_conv_channels, n_domains=len(data.sources))
+    return tail
 
-    def objective(h: torch.Tensor, y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+
+# --------------------------------------------------------------------------- the learner
+
+
+class EdgeLearner:
+    """The tail's training loop (the way train/learner.py's Learner splits the AST's).
+
+    Built from the recipe, the data and the tail (``prepare_data``, ``build_tail``); owns the L2-SP
+    reference, the optimizer (SAM/ASAM/AdamW), the warm-up + cosine schedule, the balanced sampler
+    and its generator, the history and the best epoch:
+
+        train_epoch()       ``samples_per_epoch`` balanced draws over the training views; the mean loss
+        evaluate()          validation loss and selection score (mean over sources of the 4-class Score)
+        state_dict()        RUN/state.pt: tail, optimizer, scheduler, generator, history, best, epoch, recipe
+        load_state_dict(s)  the reverse; ``resume()`` reads ``state_path`` when the settings match
+        fit()               resume, the remaining epochs (state saved after each), then the selected epoch's tail
+    """
+
+    def __init__(self, r: EdgeRecipe, data: EdgeData, tail: Tail, state_path: Path) -> None:
+        self.r, self.data, self.tail, self.state_path = r, data, tail, state_path
+        self.y_train, self.s_train = data.split("train")
+        self.d_train = np.array([data.sources.index(x) for x in self.s_train], dtype=np.int64)
+        self.reference = {k: v.detach().clone() for k, v in tail.named_parameters()  # the L2-SP anchor
+                          if not k.startswith(("classifier.5", "domain."))}
+        self.optimizer, base = make_optimizer(r, tail)
+        self.steps_per_epoch = steps = math.ceil(r.samples_per_epoch / r.batch_size)
+        total = r.epochs * steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            base, lambda s: min(1.0, (s + 1) / steps) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+        self.weights = torch.from_numpy(sample_weights(self.y_train, self.s_train))
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.epoch = 0  # epochs done
+        self.gen = torch.Generator().manual_seed(r.seed)
+
+    def objective(self, h: torch.Tensor, y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Label-smoothed cross-entropy + L2-SP (+ the source-adversarial loss)."""
+        tail, r = self.tail, self.r
         fmap = tail.blocks(h)
         loss = nn.functional.cross_entropy(tail.classifier(fmap), y, label_smoothing=r.label_smoothing)
-        loss = loss + r.l2sp * sum((p - reference[k]).square().sum() for k, p in tail.named_parameters()
-                                   if k in reference)
+        loss = loss + r.l2sp * sum((p - self.reference[k]).square().sum() for k, p in tail.named_parameters()
+                                   if k in self.reference)
         if tail.domain is not None:  # the reversed gradient pushes the tail towards source-blind features
             loss = loss + r.aft_lambda * nn.functional.cross_entropy(tail.domain(fmap.mean(dim=(2, 3))), d)
         return loss
 
-    state_path = out / "state.pt"
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    start_epoch = 0
-    gen = torch.Generator().manual_seed(r.seed)
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if _resume_key(state["recipe"]) != _resume_key(asdict(r)):
-            raise DataError(f"{state_path} belongs to a run with other settings; use a new --out")
-        tail.load_state_dict(state["tail"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        gen.set_state(state["gen"])
-        history, best, start_epoch = state["history"], state["best"], state["epoch"]
-        print(f"resumed from {state_path} after epoch {start_epoch}", flush=True)
+    def train_step(self, h: torch.Tensor, y: torch.Tensor, d: torch.Tensor) -> float:
+        """One optimizer step (SAM: two passes) and one scheduler step; the first pass's loss."""
+        loss = self.objective(h, y, d)
+        loss.backward()
+        if isinstance(self.optimizer, SAM):
+            self.optimizer.first_step()
+            self.objective(h, y, d).backward()
+            self.optimizer.second_step()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return loss.item()
 
-    from tqdm import tqdm
+    def train_epoch(self) -> float:
+        """One epoch: ``samples_per_epoch`` draws balanced over sources and classes, each from a random view."""
+        from tqdm import tqdm
 
-    for epoch in range(start_epoch, r.epochs):
-        tail.train()
-        draws = torch.multinomial(weights, steps_per_epoch * r.batch_size, replacement=True, generator=gen).numpy()
-        view_of = torch.randint(0, len(views), (len(draws),), generator=gen).numpy()
+        r, views = self.r, self.data.views
+        self.tail.train()
+        draws = torch.multinomial(self.weights, self.steps_per_epoch * r.batch_size, replacement=True,
+                                  generator=self.gen).numpy()
+        view_of = torch.randint(0, len(views), (len(draws),), generator=self.gen).numpy()
         total_loss = 0.0
-        for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{r.epochs}", unit="step", leave=False):
+        for step in tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{r.epochs}", unit="step",
+                         leave=False):
             sl = slice(step * r.batch_size, (step + 1) * r.batch_size)
             h = torch.from_numpy(np.stack([views[v][i] for v, i in zip(view_of[sl], draws[sl])]))
-            y, d = torch.from_numpy(y_train[draws[sl]]), torch.from_numpy(d_train[draws[sl]])
-            loss = objective(h, y, d)
-            loss.backward()
-            if isinstance(optimizer, SAM):
-                optimizer.first_step()
-                objective(h, y, d).backward()
-                optimizer.second_step()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            total_loss += loss.item()
-        logits = predict_tail(tail, h_val)
+            y, d = torch.from_numpy(self.y_train[draws[sl]]), torch.from_numpy(self.d_train[draws[sl]])
+            total_loss += self.train_step(h, y, d)
+        return total_loss / self.steps_per_epoch
+
+    def evaluate(self) -> tuple[float, float, dict[str, float]]:
+        """(validation loss, selection score, per-source scores) of the current tail."""
+        y_val, s_val = self.data.split("val")
+        logits = predict_tail(self.tail, self.data.h_val)
         score, per = selection_score(logits, y_val, s_val)
         val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y_val)))
-        history.append({"epoch": epoch + 1, "train_loss": total_loss / steps_per_epoch, "val_loss": val_loss,
-                        "val_selection_score": score, **{f"val_score_{k}": v for k, v in per.items()}})
-        print(f"epoch {epoch + 1}/{r.epochs}: loss {total_loss / steps_per_epoch:.4f} val loss {val_loss:.4f} "
+        return val_loss, score, per
+
+    def record(self, train_loss: float, val_loss: float, score: float, per: dict[str, float]) -> None:
+        """Close an epoch: its history row and line, and the best epoch so far (chosen on validation only)."""
+        epoch = self.epoch + 1
+        self.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                             "val_selection_score": score, **{f"val_score_{k}": v for k, v in per.items()}})
+        print(f"epoch {epoch}/{self.r.epochs}: loss {train_loss:.4f} val loss {val_loss:.4f} "
               f"val Score (mean over sources) {score:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in per.items()),
               flush=True)
-        if best is None or score > best["val_selection_score"]:
-            best = {"epoch": epoch + 1, "val_selection_score": score, "val_per_source": per,
-                    "tail": copy.deepcopy(tail.state_dict())}
-        with output_path(state_path) as tmp:
-            torch.save({"tail": tail.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "gen": gen.get_state(), "history": history,
-                        "best": best, "epoch": epoch + 1, "recipe": asdict(r)}, tmp)
-    assert best is not None
-    tail.load_state_dict(best["tail"])
-    if r.adapters != "none":
-        from stethoedge.train.cnn_adapters import merge_cnn_adapters
+        if self.best is None or score > self.best["val_selection_score"]:
+            self.best = {"epoch": epoch, "val_selection_score": score, "val_per_source": per,
+                         "tail": copy.deepcopy(self.tail.state_dict())}
+        self.epoch = epoch
 
-        merge_cnn_adapters(tail.eval())  # a plain tail from here on: assemble() and export see no adapter
+    def state_dict(self) -> dict[str, Any]:
+        return {"tail": self.tail.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "gen": self.gen.get_state(), "history": self.history,
+                "best": self.best, "epoch": self.epoch, "recipe": asdict(self.r)}
 
-    model_logits = predict_tail(tail, h_clean)
-    if r.init == "random":
-        return _finalize_scratch(r, out, pretrained, tail, table, counts, load_report, best, history, src, spec,
-                                 model_logits, started)
-    # Baselines on the same splits: the frozen pretrained embedding + logistic probe; YAMNet's too.
-    frozen = Tail(pretrained, r.tune_from).eval()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tail.load_state_dict(state["tail"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["gen"])
+        self.history, self.best, self.epoch = state["history"], state["best"], state["epoch"]
+
+    def resume(self) -> bool:
+        """Continue from ``state_path`` when there is one; a state of other settings is a DataError."""
+        if not self.state_path.is_file():
+            return False
+        state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        if _resume_key(state["recipe"]) != _resume_key(asdict(self.r)):
+            raise DataError(f"{self.state_path} belongs to a run with other settings; use a new --out")
+        self.load_state_dict(state)
+        print(f"resumed from {self.state_path} after epoch {self.epoch}", flush=True)
+        return True
+
+    def fit(self) -> Tail:
+        """Resume, train the remaining epochs (state saved after each); the tail of the selected epoch."""
+        self.resume()
+        while self.epoch < self.r.epochs:
+            train_loss = self.train_epoch()
+            self.record(train_loss, *self.evaluate())
+            with output_path(self.state_path) as tmp:
+                torch.save(self.state_dict(), tmp)
+        assert self.best is not None
+        self.tail.load_state_dict(self.best["tail"])
+        if self.r.adapters != "none":
+            from stethoedge.train.cnn_adapters import merge_cnn_adapters
+
+            merge_cnn_adapters(self.tail.eval())  # a plain tail from here on: assemble() and export see no adapter
+        return self.tail
+
+
+# --------------------------------------------------------------------------- data -> learner -> baselines, the run
+
+
+def _run(r: EdgeRecipe) -> dict[str, Any]:
+    started = time.time()
+    torch.manual_seed(r.seed)
+    out = Path(r.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(r)
+    learner = EdgeLearner(r, data, build_tail(r, data), out / "state.pt")
+    learner.fit()
+    return finish(r, out, data, learner, started)
+
+
+def probe_baseline(r: EdgeRecipe, data: EdgeData) -> tuple[nn.Linear, dict[str, Any], np.ndarray]:
+    """The frozen pretrained embedding + a logistic probe (fit on train, L2 on val): (probe, info, logits)."""
+    frozen = Tail(data.pretrained, r.tune_from).eval()
     with torch.no_grad():
-        emb = np.concatenate([frozen.pooled(torch.from_numpy(np.array(h_clean[s:s + 256]))).numpy()
-                              for s in range(0, len(table), 256)])
-    probe, probe_info = fit_probe(emb[train_idx], y_train, sample_weights(y_train, s_train), emb[val_idx], y_val, s_val)
+        emb = np.concatenate([frozen.pooled(torch.from_numpy(np.array(data.h_clean[s:s + 256]))).numpy()
+                              for s in range(0, len(data.table), 256)])
+    (y_train, s_train), (y_val, s_val) = data.split("train"), data.split("val")
+    probe, probe_info = fit_probe(emb[data.train_idx], y_train, sample_weights(y_train, s_train), emb[data.val_idx],
+                                  y_val, s_val)
     with torch.no_grad():
         probe_logits = probe(torch.from_numpy(emb)).numpy()
-    predictions = {"always-normal": np.zeros(len(table), np.int64)}
+    return probe, probe_info, probe_logits
+
+
+def finish(r: EdgeRecipe, out: Path, data: EdgeData, learner: EdgeLearner, started: float) -> dict[str, Any]:
+    """Baselines on the same splits, evaluation on every role, the shipped model chosen on validation; the run."""
+    model_logits = predict_tail(learner.tail, data.h_clean)
+    if r.init == "random":
+        return _finalize_scratch(r, out, data, learner, model_logits, started)
+    probe, probe_info, probe_logits = probe_baseline(r, data)
+    predictions = {"always-normal": np.zeros(len(data.table), np.int64)}
     if r.yamnet:
-        predictions["YAMNet frozen + logistic probe"] = yamnet_probe(r, src, table, cache)
+        predictions["YAMNet frozen + logistic probe"] = yamnet_probe(r, data.src, data.table, data.cache)
     predictions["mn04 frozen + logistic probe"] = probe_logits.argmax(1)
     predictions["mn04 fine-tuned tail"] = model_logits.argmax(1)
 
     # The shipped candidate is chosen on validation patients only, like the epoch.
+    best = learner.best
     tuned_wins = best["val_selection_score"] >= probe_info["val_selection_score"]
     shipped = "mn04 fine-tuned tail" if tuned_wins else "mn04 frozen + logistic probe"
-    model = assemble(pretrained, tail, r.tune_from) if tuned_wins else assemble_probe(pretrained, probe)
+    model = (assemble(data.pretrained, learner.tail, r.tune_from) if tuned_wins
+             else assemble_probe(data.pretrained, probe))
     print(f"validation selection score: fine-tuned tail {best['val_selection_score']:.3f} (epoch {best['epoch']}), "
           f"frozen probe {probe_info['val_selection_score']:.3f} -> shipping the {shipped}", flush=True)
-    metrics = _metrics(r, counts, load_report, best, history, evaluate_table(table, predictions), started,
+    metrics = _metrics(r, data, learner, evaluate_table(data.table, predictions), started,
                        probe=probe_info, shipped=shipped)
-    write_run(out, model, spec, table, metrics, src)
-    with open_output(out / "predictions.npz") as fh:
-        np.savez(fh, **predictions, label=table.label, role=table.role, source=table.source,
-                 patient=table.patient, device=table.device, model_logits=model_logits, probe_logits=probe_logits)
+    write_run(out, model, data.spec, data.table, metrics, data.src)
+    _save_predictions(out, data.table, predictions, model_logits=model_logits, probe_logits=probe_logits)
     return metrics
 
 
-def _metrics(r: EdgeRecipe, counts: dict, load_report: dict, best: dict, history: list, evaluation: dict,
-             started: float, **extra: Any) -> dict[str, Any]:
-    return {"recipe": asdict(r), "examples": counts, "pretrained": load_report, "best_epoch": best["epoch"],
+def _metrics(r: EdgeRecipe, data: EdgeData, learner: EdgeLearner, evaluation: dict, started: float,
+             **extra: Any) -> dict[str, Any]:
+    best = learner.best
+    return {"recipe": asdict(r), "examples": data.counts, "pretrained": data.load_report, "best_epoch": best["epoch"],
             "selected_on": "validation patients (mean over sources of the 4-class Score)",
             "val_selection_score": best["val_selection_score"], "val_per_source": best["val_per_source"],
-            **extra, "history": history, "evaluation": evaluation, "train_seconds": time.time() - started}
+            **extra, "history": learner.history, "evaluation": evaluation, "train_seconds": time.time() - started}
 
 
-def _finalize_scratch(r: EdgeRecipe, out: Path, model0: MobileNetV3Audio, tail: Tail, table: ExampleTable,
-                      counts: dict, load_report: dict, best: dict, history: list, src: SourceConfig,
-                      spec: FeatureSpec, logits: np.ndarray, started: float) -> dict[str, Any]:
-    """The random-initialisation baseline's run: its own predictions only (no probes of random features)."""
-    name = "mn04 from random init"
-    predictions = {"always-normal": np.zeros(len(table), np.int64), name: logits.argmax(1)}
-    metrics = _metrics(r, counts, load_report, best, history, evaluate_table(table, predictions), started,
-                       shipped=name)
-    write_run(out, assemble(model0, tail, r.tune_from), spec, table, metrics, src)
+def _save_predictions(out: Path, table: ExampleTable, predictions: dict[str, np.ndarray],
+                      **logits: np.ndarray) -> None:
+    """OUT/predictions.npz: every prediction set, the table's columns and the raw logits."""
     with open_output(out / "predictions.npz") as fh:
         np.savez(fh, **predictions, label=table.label, role=table.role, source=table.source,
-                 patient=table.patient, device=table.device, model_logits=logits)
+                 patient=table.patient, device=table.device, **logits)
+
+
+def _finalize_scratch(r: EdgeRecipe, out: Path, data: EdgeData, learner: EdgeLearner, logits: np.ndarray,
+                      started: float) -> dict[str, Any]:
+    """The random-initialisation baseline's run: its own predictions only (no probes of random features)."""
+    name = "mn04 from random init"
+    predictions = {"always-normal": np.zeros(len(data.table), np.int64), name: logits.argmax(1)}
+    metrics = _metrics(r, data, learner, evaluate_table(data.table, predictions), started, shipped=name)
+    write_run(out, assemble(data.pretrained, learner.tail, r.tune_from), data.spec, data.table, metrics, data.src)
+    _save_predictions(out, data.table, predictions, model_logits=logits)
     return metrics
 
 
