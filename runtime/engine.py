@@ -59,7 +59,9 @@ class Classifier:
 
     def decide(self, window_audio: np.ndarray, available: int | None = None) -> Decision:
         """The runtime's decision for one window: calibrated probabilities, quality gate, abstention."""
-        return decide(self.bundle, self.logits(window_audio), window_audio, available)
+        gate = getattr(self.bundle, "quality", None)  # before inference: the samples are still in the CPU cache
+        verdict = gate.assess(window_audio, available) if gate is not None else None
+        return decide(self.bundle, self.logits(window_audio), window_audio, available, verdict)
 
     def streaming(self, hop_s: float = 2.0, min_s: float = 2.0, smoothing: SmoothingConfig | None = None, *,
                   incremental: bool = True, max_backend_errors: int = 3,

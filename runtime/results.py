@@ -85,18 +85,21 @@ class Decision:
 
 def decide_window(labels: Sequence[str], logits: np.ndarray, audio: np.ndarray | None = None,
                   available: int | None = None, calibration: Calibration | None = None,
-                  gate: Any | None = None) -> Decision:
+                  gate: Any | None = None, verdict: Any | None = None) -> Decision:
     """Calibrate ``logits`` (``calibration``; None: plain softmax, never abstains), run the quality ``gate``
     (anything with ``assess(audio, available)``, e.g. runtime.quality.QualityGate; None: "unchecked") on
     ``audio`` when both exist, and abstain: ``poor_quality`` when the gate rejects the window, else
-    ``uncertain`` when the calibrated confidence is below ``abstain_below``."""
+    ``uncertain`` when the calibrated confidence is below ``abstain_below``. ``verdict``: the gate's
+    verdict computed earlier (the streaming core assesses a window before inference, while its
+    samples are still in the CPU cache); it replaces running the gate here."""
     calibration = calibration or Calibration()
     probs = calibration.probabilities(np.asarray(logits, dtype=np.float64))
     k = int(np.argmax(probs))
     model_label = labels[k]
     quality, score = "unchecked", None
-    if gate is not None and audio is not None:
+    if verdict is None and gate is not None and audio is not None:
         verdict = gate.assess(audio, available)
+    if verdict is not None:
         quality, score = verdict.reason, float(verdict.score)
     label, reason = model_label, None
     if quality not in ("ok", "unchecked"):
@@ -106,11 +109,12 @@ def decide_window(labels: Sequence[str], logits: np.ndarray, audio: np.ndarray |
     return Decision(label, model_label, float(probs[k]), probs, quality, score, reason is not None, reason)
 
 
-def decide(bundle: Any, logits: np.ndarray, audio: np.ndarray | None = None, available: int | None = None) -> Decision:
+def decide(bundle: Any, logits: np.ndarray, audio: np.ndarray | None = None, available: int | None = None,
+           verdict: Any | None = None) -> Decision:
     """``decide_window`` with the bundle's labels, temperature/abstain_below and quality gate (bundles without
-    those sections: plain softmax, never abstains, quality "unchecked")."""
+    those sections: plain softmax, never abstains, quality "unchecked"); ``verdict`` as there."""
     return decide_window(bundle.labels, logits, audio, available, getattr(bundle, "calibration", None),
-                         getattr(bundle, "quality", None))
+                         getattr(bundle, "quality", None), verdict)
 
 
 def window_warnings(audio: np.ndarray) -> list[str]:

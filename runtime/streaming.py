@@ -237,6 +237,9 @@ class StreamingClassifier:
             self._last_smoothed = None
             if features is not None:
                 features.reset()
+        # the quality gate first, while the window's samples are still in the CPU cache (after inference
+        # they are not, which doubles the gate's cost)
+        verdict = self.gate.assess(window.audio, window.available) if self.gate is not None else None
         t0 = time.perf_counter()
         if features is not None:
             computed, reused = features.frames_computed, features.frames_reused
@@ -247,7 +250,8 @@ class StreamingClassifier:
             x = compute_features(window.audio, spec)
         logits = self.run(x[None])[0]
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        decision = decide_window(labels, logits, window.audio, window.available, self.calibration, self.gate)
+        decision = decide_window(labels, logits, window.audio, window.available, self.calibration, self.gate,
+                                 verdict)
         probs = decision.probabilities
         # Poor-quality windows do not feed the smoother (their probabilities describe the artefact, not the
         # chest); their smoothed label repeats the last smoothed decision (None before any usable window).
