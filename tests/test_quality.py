@@ -251,3 +251,15 @@ def test_bundle_update_attaches_a_gate_pinned_by_sha256(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="quality gate"):
         update_bundle(src, tmp_path / "never", quality=tmp_path / "broken.json")
     assert not (tmp_path / "never").exists()
+
+
+def test_cost_benchmark_runs_and_reports_the_stream_order() -> None:
+    """benchmarks/bench_quality.py (no timing asserted: speed is measured there, not here) still runs on the
+    shipped bundle and reports the gate before inference, the decision after it, and their sum."""
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_quality.py"), "--windows", "2"],
+                          capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 0, proc.stderr
+    for line in ("quality gate, before inference (stream)", "calibration + abstention, after inference",
+                 "added per window (gate + decide)", "quality gate features version 2"):
+        assert line in proc.stdout, proc.stdout
