@@ -183,8 +183,10 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, k: int, l2: float = 1e-3, iters: 
     return res.x[: k * d].reshape(k, d), res.x[k * d:]
 
 
-def build(sprsound: Path, seed: int = 0) -> dict[str, Any]:
-    """Features and labels of every window: real (per split) and synthetic (fit / val / test bases)."""
+def build(sprsound: Path, seed: int = 0, extra: Any | None = None) -> dict[str, Any]:
+    """Features and labels of every window: real (per split) and synthetic (fit / val / test bases).
+    ``extra(audio, available)``: optional, its value is stored as each row's ``"extra"`` (e.g. a
+    classifier embedding, benchmarks/exp_quality_embedding.py)."""
     from stethoedge.data.sprsound import list_records
 
     rng = np.random.default_rng(seed)
@@ -199,7 +201,8 @@ def build(sprsound: Path, seed: int = 0) -> dict[str, Any]:
         for w, (audio, avail) in enumerate(record_windows(r.audio_path)):
             rows.append({"part": part, "kind": "real", "label": real, "record": r.stem, "patient": r.patient,
                          "record_label": r.record_label, "window": w, "available": avail,
-                         "f": quality_features(audio, avail), "audio": None})
+                         "f": quality_features(audio, avail), "audio": None,
+                         "extra": extra(audio, avail) if extra else None})
             if real == "ok" and part in ("fit", "val", "test-inter") and avail == WIN:
                 kinds = ARTEFACTS if part != "fit" else (ARTEFACTS[int(rng.integers(len(ARTEFACTS)))],
                                                          ARTEFACTS[int(rng.integers(len(ARTEFACTS)))])
@@ -209,14 +212,16 @@ def build(sprsound: Path, seed: int = 0) -> dict[str, Any]:
                     x = add_artefact(audio, kind, rng, bank_test if part == "test-inter" else bank_fit)
                     rows.append({"part": part, "kind": "synthetic", "label": kind, "record": r.stem,
                                  "patient": r.patient, "record_label": r.record_label, "window": w,
-                                 "available": WIN, "f": quality_features(x, WIN), "audio": None})
+                                 "available": WIN, "f": quality_features(x, WIN), "audio": None,
+                                 "extra": extra(x, WIN) if extra else None})
                 # level variation of good windows so that level alone is not "ok"
                 if part == "fit":
                     g = 10 ** (rng.uniform(-15, 10) / 20)
                     x = np.clip(audio * g, -0.95, 0.95)
                     rows.append({"part": part, "kind": "synthetic", "label": "ok", "record": r.stem,
                                  "patient": r.patient, "record_label": r.record_label, "window": w,
-                                 "available": WIN, "f": quality_features(x, WIN), "audio": None})
+                                 "available": WIN, "f": quality_features(x, WIN), "audio": None,
+                                 "extra": extra(x, WIN) if extra else None})
     return {"rows": rows, "held_patients": sorted(held)}
 
 
