@@ -120,6 +120,8 @@ def quality_features(audio: np.ndarray, available: int | None = None, rate: int 
     low-pass that makes 8 kHz and 44.1 kHz recordings comparable); spectral statistics and the
     zero-crossing rate on every ``SPECTRAL_STRIDE``-th frame of it."""
     x = np.asarray(audio, dtype=np.float32)
+    if x.ndim != 1 or x.shape[0] == 0:
+        raise ValueError(f"quality_features needs a non-empty mono window, got shape {x.shape}")
     n = x.shape[0] if available is None else int(max(1, min(available, x.shape[0])))
     x = x[:n]
     mu = float(x.sum(dtype=np.float64)) / n
@@ -247,6 +249,7 @@ class QualityGate:
             raise BundleError(f"quality gate features_version {self.features_version!r} is not one this runtime computes "
                               f"({', '.join(map(str, FEATURE_VERSIONS))}); upgrade stethoedge or re-fit the gate")
         self._features = FEATURE_VERSIONS[self.features_version]
+        self._ok_index = self.classes.index("ok")
 
     def probabilities(self, features: dict[str, float]) -> np.ndarray:
         """Class probabilities of the learned model for one feature dict."""
@@ -274,7 +277,7 @@ class QualityGate:
         if f["clip_ratio"] > CLIP_RATIO:
             return QualityVerdict(False, "clipping", 0.0, f)
         p = self.probabilities(f)
-        ok_i = self.classes.index("ok")
+        ok_i = self._ok_index
         score = float(p[ok_i])
         if score >= self.threshold:
             return QualityVerdict(True, "ok", score, f)

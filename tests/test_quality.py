@@ -263,3 +263,14 @@ def test_cost_benchmark_runs_and_reports_the_stream_order() -> None:
     for line in ("quality gate, before inference (stream)", "calibration + abstention, after inference",
                  "added per window (gate + decide)", "quality gate features version 2"):
         assert line in proc.stdout, proc.stdout
+
+
+def test_empty_window_is_a_clear_error_and_metrics_refuse_labels_outside_the_set() -> None:
+    """No ZeroDivisionError from an empty window; no silent wrap-around of a negative class index."""
+    from stethoedge.data.metrics import confusion_matrix
+
+    with pytest.raises(ValueError, match="non-empty mono window"):
+        quality_features(np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="outside the 4 classes"):
+        confusion_matrix(np.array([-1, 0]), np.array([0, 0]))
+    assert confusion_matrix(np.array([0, 3]), np.array([3, 0])).sum() == 2

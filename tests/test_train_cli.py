@@ -75,8 +75,10 @@ def test_runconfig_round_trips_and_reads_the_flat_layout():
     assert cfg.flat() == {**TrainConfig(data="D", out="O").__dict__, "lr": 0.01, "adapter": "lora", "distill_from": "T",
                           "aft": True, "synthetic": ["S"]}  # state.pt's resume key keeps its first-version keys
     for bad, message in [({"data": {"labelz": []}}, "data.labelz"), ({"nonsense": 1}, "nonsense"),
-                         ({"data": {"labels": ["a"]}}, "2 or more distinct"),
-                         ({"data": {"labels": ["a", "a"]}}, "2 or more distinct"),
+                         ({"data": {"labels": ["a"]}}, "at least two"),
+                         ({"data": {"labels": ["a", "a"]}}, "must be unique"),
+                         ({"data": {"labels": ["a", " b"]}}, "without leading or trailing spaces"),
+                         ({"data": {"synthetic": 5}}, "data.synthetic must be a dataset path"),
                          ({"optim": 3}, "must be a table")]:
         with pytest.raises(DataError, match=message):
             RunConfig.from_any(bad)

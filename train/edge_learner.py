@@ -454,8 +454,8 @@ class EdgeLearner:
         self.r, self.data, self.tail, self.state_path = r, data, tail, state_path
         self.y_train, self.s_train = data.split("train")
         self.d_train = np.array([data.sources.index(x) for x in self.s_train], dtype=np.int64)
-        self.reference = {k: v.detach().clone() for k, v in tail.named_parameters()  # the L2-SP anchor
-                          if not k.startswith(("classifier.5", "domain."))}
+        self.reference = {k: v.detach().clone() for k, v in tail.named_parameters()  # the L2-SP anchor (frozen
+                          if v.requires_grad and not k.startswith(("classifier.5", "domain."))}  # ones never move)
         self.optimizer, base = make_optimizer(r, tail)
         self.steps_per_epoch = steps = math.ceil(r.samples_per_epoch / r.batch_size)
         total = r.epochs * steps

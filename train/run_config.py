@@ -27,6 +27,7 @@ from typing import Any
 from stethoedge.runtime.errors import DataError, StethoedgeError
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.runtime.labels import CLASSES
+from stethoedge.runtime.manifest import label_problem
 
 WHAT = "training option"
 
@@ -126,8 +127,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         labels = tuple(self.data.labels)
-        if len(labels) < 2 or len(set(labels)) != len(labels) or not all(isinstance(n, str) and n for n in labels):
-            raise DataError(f"data.labels must be 2 or more distinct, non-empty class names, got {list(labels)}")
+        # the bundle's own rule (runtime/manifest.py), so a run cannot train a label set its export refuses
+        problem = label_problem(labels) if all(isinstance(n, str) for n in labels) else "must all be strings"
+        if problem:
+            raise DataError(f"data.labels {problem} (got {list(labels)})")
         self.data.labels = labels
 
     @property
@@ -287,7 +290,11 @@ def _section(name: str, values: Any) -> Any:
             except (StethoedgeError, TypeError, ValueError, KeyError) as exc:
                 raise DataError(f"{WHAT} data.feature_spec: {exc}") from None
         if "synthetic" in values:
-            values["synthetic"] = list(values["synthetic"] or [])
+            syn = values["synthetic"]
+            syn = [] if syn is None else [syn] if isinstance(syn, str) else syn
+            if not isinstance(syn, (list, tuple)) or not all(isinstance(s, str) for s in syn):
+                raise DataError(f"{WHAT} data.synthetic must be a dataset path or a list of them, got {values['synthetic']!r}")
+            values["synthetic"] = list(syn)
     missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
                and f.name not in values]
     if missing:

@@ -22,8 +22,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = le
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"label arrays differ in shape: {y_true.shape} vs {y_pred.shape}")
-    if y_true.size and max(int(y_true.max()), int(y_pred.max())) >= n_classes:
-        raise ValueError(f"a label is outside the {n_classes} classes (pass the run's label set)")
+    if y_true.size and (max(int(y_true.max()), int(y_pred.max())) >= n_classes
+                        or min(int(y_true.min()), int(y_pred.min())) < 0):
+        raise ValueError(f"a label is outside the {n_classes} classes 0-{n_classes - 1} (pass the run's label set)")
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
     return cm
