@@ -18,11 +18,8 @@ import os
 import platform
 import re
 import shutil
-import signal
-import threading
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -41,7 +38,7 @@ from stethoedge.runtime.bundle import (
     dump, load_bundle, sha256_file, write_manifest,
 )
 from stethoedge.runtime.errors import DataError, StethoedgeError
-from stethoedge.runtime.outputs import check_output_dir, install_dir, temp_dir_beside
+from stethoedge.runtime.outputs import check_output_dir, install_dir, signals_held, temp_dir_beside
 from stethoedge.train.checkpoint import architecture_of, load_checkpoint
 from stethoedge.train.dataset import fbank_batches
 from stethoedge.data.folders import list_dataset
@@ -207,29 +204,11 @@ def _verify(kind: ArtifactKind, path: Path, features: np.ndarray, reference: np.
     return result
 
 
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGTERM/SIGINT while numpy writes a zip archive; they are delivered right after.
-
-    numpy's savez cannot be unwound mid-write: an exception inside it leaves the zip with an open
-    handle and Python prints a traceback from ZipFile.__del__ (an export stopped by SIGTERM must
-    end with one clean line).
-    """
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def _save_calibration(tmp: Path, rep: WindowSet, keep: int) -> FileRef:
     """The representative set's first ``keep`` windows (fp16 features) for TensorRT INT8 on the target."""
     idx = np.arange(min(keep, len(rep)))
     path = tmp / CALIBRATION_NAME
-    with _signals_held(), open(path, "wb") as f:
+    with signals_held(), open(path, "wb") as f:
         np.savez_compressed(f, features=rep.features[idx].astype(np.float16), labels=rep.labels[idx],
                             provenance=np.array(json.dumps(rep.provenance)))
     return FileRef(CALIBRATION_NAME, sha256_file(path), extra={
@@ -315,7 +294,7 @@ def _load_inputs(run: Path, data: str | None, names: list[str], max_windows: int
 def _write_selftest(tmp: Path, inputs: _Inputs) -> None:
     """The bundle's self-test vector: audio, features and PyTorch logits of the chosen validation windows."""
     chosen = inputs.chosen
-    with _signals_held():
+    with signals_held():
         np.savez(tmp / SELFTEST_NAME, audio=inputs.held.audio[chosen], features=inputs.features[chosen],
                  logits=inputs.reference[chosen].astype(np.float32))
 
@@ -427,14 +406,16 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, data: str | None 
     out = check_output_dir(out, inputs=[run, data, calibration_set], replace=True)
     inputs = _load_inputs(run, data, names, max_windows, selftest_windows, seed, report_windows, calibration_set,
                           calibration_windows)
-    tmp = temp_dir_beside(out)
+    tmp: Path | None = None
     try:
+        with signals_held():  # a SIGTERM between creating the temporary and owning it must not leak it
+            tmp = temp_dir_beside(out)
         _write_selftest(tmp, inputs)
         artifacts, failed = _build_artifacts(names, inputs, tmp, gate)
         default = _default_artifact(artifacts, failed, allow_degraded)
         manifest = _manifest(inputs, tmp, artifacts, failed, default, gate, allow_degraded, bundle_calibration_windows)
         report = _publish(tmp, out, manifest, artifacts, force)
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, manifest, report)

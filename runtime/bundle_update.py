@@ -20,7 +20,7 @@ from typing import Any
 from stethoedge.runtime.bundle import MANIFEST_NAME, FileRef, load_bundle, sha256_file, write_manifest
 from stethoedge.runtime.confidence import ConfidenceSection, validate_confidence
 from stethoedge.runtime.errors import BundleError
-from stethoedge.runtime.outputs import install_dir, temp_dir_beside
+from stethoedge.runtime.outputs import install_dir, signals_held, temp_dir_beside
 from stethoedge.runtime.quality import QualityGate
 
 QUALITY_FILE = "quality.npz"
@@ -62,8 +62,10 @@ def update_bundle(bundle: str | os.PathLike, out: str | os.PathLike | None = Non
             raise BundleError(f"cannot remove {key!r}; only confidence or quality")
     manifest = replace(manifest, **{key: None for key in remove})
     old_quality = old.typed_manifest.quality
-    tmp = temp_dir_beside(dest)
+    tmp: Path | None = None
     try:
+        with signals_held():  # no leaked temporary if a signal lands between creating and owning it
+            tmp = temp_dir_beside(dest)
         for f in src.iterdir():
             if f.is_file() and f.name not in (MANIFEST_NAME, SIGNATURE_NAME) and not (
                     "quality" in remove and old_quality is not None and f.name == old_quality.file):
@@ -84,6 +86,7 @@ def update_bundle(bundle: str | os.PathLike, out: str | os.PathLike | None = Non
             open_backend(new, None, "auto", threads=1)  # opening runs the default artifact's self-test
         install_dir(tmp, dest, replace=True if dest == src else force, what="bundle-update")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest

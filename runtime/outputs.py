@@ -24,9 +24,11 @@ import errno
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -392,6 +394,24 @@ def open_append(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> IO[st
         return os.fdopen(fd, "a", encoding="utf-8")
     except OSError as exc:
         raise _error(target, exc) from None
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT for the block; they are delivered right after it.
+
+    For steps that cannot be unwound halfway: numpy writing a zip archive (an exception inside savez
+    leaves an open handle and a traceback from ZipFile.__del__), or creating a temporary and binding
+    it to the name a ``finally`` cleans up (a signal in between would leak the temporary).
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def temp_dir_beside(out: Path) -> Path:

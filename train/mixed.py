@@ -23,7 +23,7 @@ import torch
 
 from stethoedge.runtime.errors import DataError
 from stethoedge.runtime.labels import CLASSES
-from stethoedge.runtime.outputs import check_output_dir, install_dir, temp_dir_beside
+from stethoedge.runtime.outputs import check_output_dir, install_dir, signals_held, temp_dir_beside
 from stethoedge.train.generators.base import MelGenerator, MelSet
 from stethoedge.train.generators.diffwave import DiffWaveVocoder
 from stethoedge.data.icbhi import SPLIT_FILENAME
@@ -92,8 +92,10 @@ def write_icbhi_dir(out_dir: str | os.PathLike, waveforms: dict[int, np.ndarray]
         raise DataError("no synthetic samples to write")
     out.parent.mkdir(parents=True, exist_ok=True)  # an experiment's own tree; the CLI refuses a missing parent first
     out = check_output_dir(out, inputs=inputs, replace=True)  # never holding an input
-    tmp = temp_dir_beside(out)
+    tmp: Path | None = None
     try:
+        with signals_held():  # no leaked temporary if a signal lands between creating and owning it
+            tmp = temp_dir_beside(out)
         audio_dir = tmp / "audio_and_txt_files"
         audio_dir.mkdir()
         split_lines, counts = [], {}
@@ -112,7 +114,7 @@ def write_icbhi_dir(out_dir: str | os.PathLike, waveforms: dict[int, np.ndarray]
                                                        indent=2) + "\n")
         install_dir(tmp, out, replace=overwrite)
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp)
     return out
 
