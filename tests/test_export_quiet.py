@@ -54,14 +54,21 @@ def test_filter_drops_exactly_the_noise(capfd: pytest.CaptureFixture) -> None:
     torchao = logging.getLogger("torchao")
     before = torchao.level
     with quiet_third_party():
-        for line in (noise[0], real[0], *noise[1:], *real[1:]):
-            os.write(2, line)
-        assert not torchao.isEnabledFor(logging.WARNING) and torchao.isEnabledFor(logging.ERROR)
-        assert not logging.getLogger("torch.utils._pytree").isEnabledFor(logging.WARNING)
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.warn("representative set has only 16 windows", UserWarning)
-    err = capfd.readouterr().err  # (sys.stderr may bypass fd 2 under capfd: compare without order)
+        # sys.stderr on fd 2, as in a real process: under capfd pytest's sys.stderr writes to the capture file
+        # through its own file offset, so its lines and the filter's could overwrite each other (a flaky test)
+        pytest_stderr, sys.stderr = sys.stderr, open(2, "w", closefd=False, buffering=1)
+        try:
+            for line in (noise[0], real[0], *noise[1:], *real[1:]):
+                os.write(2, line)
+            assert not torchao.isEnabledFor(logging.WARNING) and torchao.isEnabledFor(logging.ERROR)
+            assert not logging.getLogger("torch.utils._pytree").isEnabledFor(logging.WARNING)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.warn("representative set has only 16 windows", UserWarning)
+        finally:
+            sys.stderr.flush()
+            sys.stderr = pytest_stderr
+    err = capfd.readouterr().err
     expected = b"".join(real) + b"warning: representative set has only 16 windows\n"
     assert sorted(err.encode().splitlines(keepends=True)) == sorted(expected.splitlines(keepends=True))
     assert torchao.level == before  # restored
