@@ -65,7 +65,7 @@ def test_nested_recipe_tables_and_flat_keys_mix(tmp_path: Path):
 
 
 def test_runconfig_round_trips_and_reads_the_flat_layout():
-    cfg = RunConfig.from_flat({"data": "D", "out": "O", "lr": 0.01, "adapter": "lora", "distill_from": "T", "aft": True,
+    cfg = RunConfig.from_any({"data": "D", "out": "O", "lr": 0.01, "adapter": "lora", "distill_from": "T", "aft": True,
                                "synthetic": ["S"]})
     assert (cfg.data.root, cfg.optim.lr, cfg.adapter.kind, cfg.distill.teacher, cfg.aft.enabled) == \
         ("D", 0.01, "lora", "T", True)

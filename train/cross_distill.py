@@ -28,7 +28,7 @@ from torch import nn
 from stethoedge.runtime.feature_spec import FeatureSpec
 from stethoedge.train.distill import distillation_loss
 from stethoedge.train.features_torch import compute_features_torch
-from stethoedge.train.sam import SAM
+from stethoedge.train.sam import optimizer_step
 
 
 class AudioModel(nn.Module):
@@ -104,20 +104,16 @@ def distill_step(student: AudioModel, teacher: AudioModel, audio: torch.Tensor, 
         raise ValueError(f"teacher has {target.shape[-1]} classes, the student {student_out_classes(student)}")
     x = student.features(audio)
 
-    def objective() -> tuple[torch.Tensor, torch.Tensor]:
-        logits = student.model(x)
-        return distillation_loss(logits, target, labels, settings.temperature, settings.alpha,
-                                 settings.label_smoothing), logits
+    first: list[torch.Tensor] = []  # the logits at w (SAM's second pass is at w + e(w))
 
-    loss, logits = objective()
-    loss.backward()
-    if isinstance(optimizer, SAM):
-        optimizer.first_step()
-        objective()[0].backward()
-        optimizer.second_step()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    def objective() -> torch.Tensor:
+        logits = student.model(x)
+        first.append(logits)
+        return distillation_loss(logits, target, labels, settings.temperature, settings.alpha,
+                                 settings.label_smoothing)
+
+    loss = optimizer_step(optimizer, objective)
+    logits = first[0]
     return {"loss": float(loss.detach()), "kl": float(soft_kl(logits.detach(), target, settings.temperature))}
 
 

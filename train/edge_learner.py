@@ -49,7 +49,7 @@ from stethoedge.train.efficientat import MNConfig, MobileNetV3Audio, load_effici
 from stethoedge.data.evaluation import report
 from stethoedge.data.metrics import confusion_matrix, icbhi_scores
 from stethoedge.train.options import from_options
-from stethoedge.train.sam import SAM
+from stethoedge.train.sam import SAM, optimizer_step
 from stethoedge.train.sources import ExampleTable, SourceConfig, build_table, summary
 
 log = logging.getLogger("stethoedge.train")
@@ -480,15 +480,7 @@ class EdgeLearner:
 
     def train_step(self, h: torch.Tensor, y: torch.Tensor, d: torch.Tensor) -> float:
         """One optimizer step (SAM: two passes) and one scheduler step; the first pass's loss."""
-        loss = self.objective(h, y, d)
-        loss.backward()
-        if isinstance(self.optimizer, SAM):
-            self.optimizer.first_step()
-            self.objective(h, y, d).backward()
-            self.optimizer.second_step()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = optimizer_step(self.optimizer, lambda: self.objective(h, y, d))
         self.scheduler.step()
         return loss.item()
 

@@ -43,7 +43,7 @@ from stethoedge.train.ema import make_ema
 from stethoedge.train.model import AST, count_parameters, gflops_per_window
 from stethoedge.train.progress import progress_bar
 from stethoedge.train.run_config import RunConfig
-from stethoedge.train.sam import SAM
+from stethoedge.train.sam import SAM, optimizer_step
 
 log = logging.getLogger("stethoedge.train")
 
@@ -198,36 +198,7 @@ def train_step(trainee: nn.Module, batch: tuple[torch.Tensor, ...], optimizer: t
     x, y, domain = batch
     params = [p for p in trainee.parameters() if p.requires_grad]
     trainee.train()
-    loss = loss_fn(trainee, x, y, domain)
-    if isinstance(optimizer, SAM):
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.unscale_(optimizer)
-        optimizer.first_step(zero_grad=True)
-        loss2 = loss_fn(trainee, x, y, domain)
-        (scaler.scale(loss2) if scaler else loss2).backward()
-        if scaler:
-            scaler.unscale_(optimizer.base_optimizer)  # a second per-optimizer record for the second pass
-        nn.utils.clip_grad_norm_(params, grad_clip)
-        if scaler:
-            optimizer.restore()
-            scaler.step(optimizer.base_optimizer)
-            scaler.update()
-            optimizer.zero_grad()
-        else:
-            optimizer.second_step(zero_grad=True)
-    else:
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(params, grad_clip)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad()
-    return float(loss.detach())
+    return float(optimizer_step(optimizer, lambda: loss_fn(trainee, x, y, domain), params, grad_clip, scaler))
 
 
 def rng_state() -> dict[str, Any]:

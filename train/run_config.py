@@ -162,13 +162,9 @@ class RunConfig:
         return cls(**top)
 
     @classmethod
-    def from_flat(cls, values: dict[str, Any]) -> "RunConfig":
-        """The flat layout of the first version (``TrainConfig`` fields; recipes, config.json's "train")."""
-        return cls.from_dict(nest(values))
-
-    @classmethod
     def from_any(cls, values: dict[str, Any]) -> "RunConfig":
-        """Nested, flat or mixed keys (a recipe may give ``lr = 1e-3`` or an ``[optim]`` table)."""
+        """Nested, flat or mixed keys: the flat layout of the first version (``TrainConfig`` fields, config.json's
+        "train"), or a recipe that gives ``lr = 1e-3`` beside an ``[optim]`` table."""
         return cls.from_dict(nest(values))
 
     @classmethod
@@ -177,7 +173,7 @@ class RunConfig:
         if isinstance(cfg, cls):
             return cfg
         if is_dataclass(cfg) and not isinstance(cfg, type):
-            return cls.from_flat(asdict(cfg))
+            return cls.from_any(asdict(cfg))
         if isinstance(cfg, dict):
             return cls.from_any(cfg)
         raise TypeError(f"not a run configuration: {type(cfg).__name__}")

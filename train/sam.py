@@ -94,3 +94,49 @@ class SAM(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         for group, extra in zip(self.param_groups, state_dict.get("sam_groups", [])):
             group.update(extra)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, objective: Callable[[], torch.Tensor],
+                   params: Iterable[torch.nn.Parameter] | None = None, grad_clip: float | None = None,
+                   scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """One optimisation step on ``objective()`` (forward, returns the loss); SAM/ASAM run it twice.
+
+    The one place the SAM two-pass step is written (the AST Learner, the edge tail's learner and
+    cross-distillation all call it). Clipping (``grad_clip`` over ``params``) acts on the gradient
+    the base optimizer uses, at w + e(w) for SAM; with an AMP ``scaler`` the gradients are unscaled
+    before the SAM perturbation and before clipping. Returns the loss at w, detached.
+    """
+    params = list(params) if params is not None else None
+
+    def backward(loss: torch.Tensor) -> None:
+        (scaler.scale(loss) if scaler else loss).backward()
+
+    def clip() -> None:
+        if grad_clip is not None and params is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+
+    loss = objective()
+    backward(loss)
+    if scaler:
+        scaler.unscale_(optimizer)
+    if isinstance(optimizer, SAM):
+        optimizer.first_step(zero_grad=True)
+        backward(objective())
+        if scaler:
+            scaler.unscale_(optimizer.base_optimizer)  # a second per-optimizer record for the second pass
+        clip()
+        if scaler:
+            optimizer.restore()
+            scaler.step(optimizer.base_optimizer)
+            scaler.update()
+        else:
+            optimizer.second_step(zero_grad=True)
+    else:
+        clip()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()

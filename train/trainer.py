@@ -54,7 +54,7 @@ log = logging.getLogger("stethoedge.train")
 
 @dataclass
 class TrainConfig:
-    """The flat hyper-parameters of the first version (``RunConfig.from_flat`` maps them; defaults: the CPU demo).
+    """The flat hyper-parameters of the first version (``RunConfig.from_any`` maps them; defaults: the CPU demo).
 
     Kept for existing callers and recipes: ``train()`` accepts it and converts it to a ``RunConfig``.
     """
@@ -113,7 +113,7 @@ class TrainConfig:
 
     def to_run_config(self) -> RunConfig:
         """The nested RunConfig of these flat settings."""
-        return RunConfig.from_flat(dataclasses.asdict(self))
+        return RunConfig.from_any(dataclasses.asdict(self))
 
 
 def make_loader(features: torch.Tensor, labels: np.ndarray, batch_size: int, weighted: bool, seed: int,
