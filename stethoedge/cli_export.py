@@ -27,11 +27,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _labelled_windows(data: str, spec, max_windows: int):
+def _labelled_windows(data: str, spec, labels: tuple[str, ...], max_windows: int):
+    """Labelled windows of ``data`` for the bundle's label set: class folders named after ``labels``, or the ICBHI
+    layout for the four ICBHI classes (another label set there is a one-line DataError)."""
     from stethoedge.calibration.window_set import build_window_set
-    from stethoedge.data.icbhi import list_recordings
+    from stethoedge.data.folders import list_dataset
 
-    ws = build_window_set(list_recordings(data), spec, max_windows=max_windows, purpose="benchmark")
+    ws = build_window_set(list_dataset(data, labels), spec, max_windows=max_windows, purpose="benchmark")
     return ws.audio, ws.labels
 
 
@@ -49,8 +51,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.data:
         from stethoedge.data.metrics import evaluate
 
-        audio, labels = _labelled_windows(args.data, load_bundle(args.bundle).spec, args.data_windows)
-        scorer = lambda y, p: evaluate(y, p)["score"]  # noqa: E731
+        bundle = load_bundle(args.bundle)
+        audio, labels = _labelled_windows(args.data, bundle.spec, bundle.labels, args.data_windows)
+        scorer = lambda y, p: evaluate(y, p, labels=bundle.labels)["score"]  # noqa: E731
     rows = bench_bundle(args.bundle, threads=args.threads, runs=args.runs, audio=audio, labels=labels, scorer=scorer,
                         artifacts=args.artifact or None)
     print(format_bench_table(rows))
@@ -172,7 +175,8 @@ def register(add: AddCommand) -> None:
     p.add_argument("--artifact", action="append", default=None,
                    help="measure only this artifact; repeatable (default: every artifact of the bundle)")
     p.add_argument("--data", default=None,
-                   help="labelled data directory: also agreement with fp32 and the Score on its windows (default: none)")
+                   help="labelled data: an ICBHI-layout folder (4 classes) or class folders named after the bundle's labels; "
+                        "also agreement with fp32 and the Score on its windows (default: none)")
     p.add_argument("--data-windows", type=bounded_int(1, 100_000), default=64,
                    help="windows taken from --data (default 64, 1-100000)")
     p.add_argument("--sustained", type=bounded_float(0.0, 86_400.0), default=0.0, metavar="SECONDS",

@@ -50,7 +50,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("labels", [BINARY, SPRSOUND_EVENTS], ids=["2-class", "7-class"])
 def test_label_set_trains_exports_verifies_and_runs(labels: tuple[str, ...], tmp_path: Path, cache: Path,
-                                                    one_torch_thread):
+                                                    sim_data: Path, one_torch_thread, capsys: pytest.CaptureFixture):
     from stethoedge.export.exporter import export_run
     from stethoedge.runtime.bundle import load_bundle
     from stethoedge.train.trainer import train
@@ -90,7 +90,28 @@ def test_label_set_trains_exports_verifies_and_runs(labels: tuple[str, ...], tmp
     assert RunConfig.from_dict(bundle.manifest["source"]["run_config"]).data.labels == labels
     assert str(tmp_path) not in (bundle_dir / "manifest.json").read_text()
 
+    _bench_on_class_folders(bundle_dir, data, labels, tmp_path)
+    # ICBHI annotations give the four ICBHI classes only: one line, exit 2, nothing written
+    from stethoedge.cli import main
+
+    capsys.readouterr()
+    assert main(["bench", str(bundle_dir), "--data", str(sim_data), "--runs", "1",
+                 "--json", str(tmp_path / "no.json")]) == 2
+    err = capsys.readouterr().err
+    assert "needs class folders named after it" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "no.json").exists()
     _classify_real_audio(bundle_dir, labels)
+
+
+def _bench_on_class_folders(bundle_dir: Path, data: Path, labels: tuple[str, ...], tmp_path: Path) -> None:
+    """``stethoedge bench --data`` scores the bundle's own label set on class folders named after it."""
+    from stethoedge.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(bundle_dir), "--data", str(data), "--data-windows", str(2 * len(labels)), "--runs", "1",
+                 "--json", str(out)]) == 0
+    row = json.loads(out.read_text())[0]
+    assert row["agreement"] == 1.0 and 0.0 <= row["score"] <= 1.0  # fp32 against itself; a Score over these labels
 
 
 def _classify_real_audio(bundle_dir: Path, labels: tuple[str, ...]) -> None:
